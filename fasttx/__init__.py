@@ -1,0 +1,35 @@
+"""fasttx: fused Triton and CUDA kernels for the encoder-decoder Transformer.
+
+    fasttx.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0,
+                                        is_causal=False, scale=None, enable_gqa=False)
+    fasttx.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    fasttx.add_layer_norm(x, residual, weight, bias, eps=1e-5, dropout_p=0.0)
+    fasttx.feed_forward(x, w1, b1, w2, b2, activation="relu", dropout_p=0.0)
+
+Each takes ``backend=`` ("reference" | "triton" | "cuda" | "auto"); ``fasttx.use_backend``
+sets the default for a block and ``fasttx.available_backends()`` says what this machine
+can run. Modules live in ``fasttx.nn``, the bundled model in ``fasttx.models``.
+"""
+
+from fasttx import random
+from fasttx.backends import (
+    BackendUnavailableError,
+    available_backends,
+    current_backend,
+    use_backend,
+)
+from fasttx.ops import add_layer_norm, feed_forward, scaled_dot_product_attention, varlen_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "add_layer_norm",
+    "available_backends",
+    "current_backend",
+    "feed_forward",
+    "random",
+    "scaled_dot_product_attention",
+    "use_backend",
+    "varlen_attention",
+]

@@ -1,0 +1,92 @@
+"""Input validation shared by the functional API.
+
+Every check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape or
+value) with a message that names the argument and says what was expected, so that bad
+input fails at the call instead of deep inside a kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor(name: str, value, *, min_dim: int = 1, dim: int | None = None,
+           dtypes: tuple[torch.dtype, ...] = FLOATING) -> torch.Tensor:
+    """Checks that ``value`` is a tensor of an allowed dtype and rank."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({allowed}), got {value.dtype}")
+    if dim is not None and value.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(value.shape)}")
+    if value.dim() < min_dim:
+        raise ValueError(
+            f"{name} must have at least {min_dim} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def optional_tensor(name: str, value, **kwargs) -> torch.Tensor | None:
+    return None if value is None else tensor(name, value, **kwargs)
+
+
+def shape(name: str, value: torch.Tensor, expected: tuple[int, ...], meaning: str) -> None:
+    """Checks ``value.shape == expected``; ``meaning`` spells the expected shape in symbols."""
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {meaning} = {tuple(expected)}, got {tuple(value.shape)}")
+
+
+def nonempty(name: str, value: torch.Tensor, dims: range | tuple[int, ...]) -> None:
+    for d in dims:
+        if value.shape[d] == 0:
+            raise ValueError(f"{name} must not be empty in dimension {d}, got shape "
+                             f"{tuple(value.shape)}")
+
+
+def same_dtype(**tensors: torch.Tensor | None) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for n, t in named[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{n} must have the dtype of {first_name} ({first.dtype}), "
+                            f"got {t.dtype}")
+
+
+def same_device(**tensors: torch.Tensor | None) -> torch.device:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for n, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{n} must be on the device of {first_name} ({first.device}), "
+                             f"got {t.device}")
+    return first.device
+
+
+def probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype torch.autocast would give matmul inputs on ``device`` now, or None."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None

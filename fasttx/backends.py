@@ -1,0 +1,184 @@
+"""Backend registry and selection.
+
+A *backend* is a package with one module per op (``attention``, ``varlen_attention``,
+``add_layer_norm``, ``feed_forward``), each exposing ``<op>_forward`` and
+``<op>_backward`` with the same arguments in every backend:
+
+    fasttx.reference   plain PyTorch, the oracle; runs anywhere
+    fasttx.triton      Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
+    fasttx.cuda        CUDA C++ kernels from the compiled extension fasttx._C
+
+An op module may also define ``unsupported_reason(**properties) -> str | None`` to
+refuse inputs it can't serve (a head dim, a dtype). ``auto`` picks the first backend in
+``AUTO_ORDER`` that can serve the inputs; an explicitly named backend never falls back:
+it raises :class:`BackendUnavailableError` naming what it can't serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "BackendAvailability",
+    "BackendUnavailableError",
+    "available_backends",
+    "current_backend",
+    "select_backend",
+    "use_backend",
+]
+
+BACKENDS = ("reference", "triton", "cuda")
+AUTO_ORDER = ("cuda", "triton", "reference")
+_PACKAGES = {"reference": "fasttx.reference", "triton": "fasttx.triton", "cuda": "fasttx.cuda"}
+
+_active_backend = "auto"
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend can't run on this machine or for these inputs."""
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _backend_reason(name: str) -> str | None:
+    """Why the backend can't run at all on this machine, or None when it can."""
+    if name == "reference":
+        return None
+    if name == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError as error:
+            return f"triton is not importable ({error})"
+        if not torch.cuda.is_available() and not _triton_interpreting():
+            return "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
+    if name == "cuda":
+        try:
+            from fasttx import _C  # noqa: F401
+        except ImportError as error:
+            return (
+                "the extension fasttx._C is not built or does not load "
+                f"({error}); setup.py builds it where nvcc and a CUDA build of torch exist "
+                "(pip install --no-build-isolation -e .) unless FASTTX_SKIP_CUDA_BUILD=1"
+            )
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+    try:
+        importlib.import_module(_PACKAGES[name])
+    except ImportError as error:
+        return f"the fasttx {name} backend package does not import ({error})"
+    return None
+
+
+@functools.cache
+def _op_module(name: str, op: str) -> ModuleType | str:
+    """The backend's module for ``op``, or the reason it has none."""
+    try:
+        return importlib.import_module(f"{_PACKAGES[name]}.{op}")
+    except ModuleNotFoundError:
+        return f"the {name} backend has no kernel for {op} in this version of fasttx"
+
+
+def _device_reason(name: str, device: torch.device) -> str | None:
+    if name == "reference":
+        return None
+    if device.type == "cuda":
+        return None
+    if name == "triton" and device.type == "cpu" and _triton_interpreting():
+        return None
+    hint = " (CPU tensors run on it only under TRITON_INTERPRET=1)" if name == "triton" else ""
+    return f"the {name} backend needs CUDA tensors, got tensors on {device}{hint}"
+
+
+def unsupported_reason(name: str, op: str, device: torch.device, **properties) -> str | None:
+    """Why backend ``name`` can't run ``op`` on these inputs, or None when it can."""
+    reason = _backend_reason(name) or _device_reason(name, device)
+    if reason is not None:
+        return reason
+    module = _op_module(name, op)
+    if isinstance(module, str):
+        return module
+    check = getattr(module, "unsupported_reason", None)
+    return check(**properties) if check is not None else None
+
+
+def select_backend(op: str, device: torch.device, requested: str | None, **properties) -> str:
+    """Resolves ``requested`` (None means the active one) to a backend name for ``op``.
+
+    ``properties`` describe the inputs (dtype, head_dim, ...) for the backends' checks.
+    """
+    name = _active_backend if requested is None else requested
+    if name not in BACKENDS and name != "auto":
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    if name != "auto":
+        reason = unsupported_reason(name, op, device, **properties)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend={name!r} can't run {op}: {reason}")
+        return name
+    # On CPU tensors auto always means the reference: the Triton interpreter is a
+    # testing tool, not a fast path.
+    candidates = AUTO_ORDER if device.type == "cuda" else ("reference",)
+    for candidate in candidates:
+        if unsupported_reason(candidate, op, device, **properties) is None:
+            return candidate
+    raise BackendUnavailableError(f"no backend can run {op} on {device}")  # pragma: no cover
+
+
+def op_module(name: str, op: str) -> ModuleType:
+    """The module implementing ``op`` in backend ``name`` (already selected)."""
+    module = _op_module(name, op)
+    if isinstance(module, str):
+        raise BackendUnavailableError(module)
+    return module
+
+
+class BackendAvailability(dict):
+    """``{name: bool}`` with ``.reasons``: why each unavailable backend is unavailable."""
+
+    def __init__(self, reasons: dict[str, str | None]):
+        super().__init__({name: reason is None for name, reason in reasons.items()})
+        self.reasons = {name: reason for name, reason in reasons.items() if reason is not None}
+
+    def __repr__(self) -> str:
+        lines = [f"  {name!r}: {'True' if ok else 'False  # ' + self.reasons[name]}"
+                 for name, ok in self.items()]
+        return "{\n" + ",\n".join(lines) + "\n}"
+
+
+def available_backends() -> BackendAvailability:
+    """Which backends can run on this machine: ``{"reference": True, "cuda": False, ...}``.
+
+    The result's ``.reasons`` maps each unavailable backend to why (and its repr shows it).
+    """
+    return BackendAvailability({name: _backend_reason(name) for name in BACKENDS})
+
+
+def current_backend() -> str:
+    """The backend that ops use when called without ``backend=``."""
+    return _active_backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Makes ``name`` ("reference", "triton", "cuda" or "auto") the default inside the block.
+
+    An explicit ``backend=`` argument to an op still wins.
+    """
+    global _active_backend
+    if name not in BACKENDS and name != "auto":
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    previous, _active_backend = _active_backend, name
+    try:
+        yield
+    finally:
+        _active_backend = previous

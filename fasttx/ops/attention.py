@@ -1,0 +1,155 @@
+"""Masked scaled-dot-product attention: custom ops, autograd formula, functional API.
+
+``fasttx::attention_forward`` / ``fasttx::attention_backward`` run the backend named by
+their last argument (``fasttx.<backend>.attention``); :func:`scaled_dot_product_attention`
+validates the inputs, flattens the batch dimensions, broadcasts the mask, draws the
+dropout seed and resolves the backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fasttx import _checks
+from fasttx import random as philox
+from fasttx.backends import op_module, select_backend
+from fasttx.ops.library import define, none_if_empty
+
+
+@define("attention_forward")
+def attention_forward(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale, backend):
+    return op_module(backend, "attention").attention_forward(
+        q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale)
+
+
+@attention_forward.register_fake
+def _(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale, backend):
+    batch, heads, len_q, _ = q.shape
+    out = q.new_empty(batch, heads, len_q, v.shape[-1])
+    lse = q.new_empty(batch, heads, len_q, dtype=torch.promote_types(q.dtype, torch.float32))
+    return out, lse
+
+
+@define("attention_backward")
+def attention_backward(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p,
+                       is_causal, scale, mask_needs_grad, backend):
+    return op_module(backend, "attention").attention_backward(
+        grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p, is_causal, scale,
+        mask_needs_grad)
+
+
+@attention_backward.register_fake
+def _(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p, is_causal, scale,
+      mask_needs_grad, backend):
+    grad_mask = torch.empty_like(attn_mask) if mask_needs_grad else q.new_empty((0,))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_mask
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, attn_mask, dropout_seed, out, lse)
+    ctx.options = (dropout_p, is_causal, scale, backend)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, attn_mask, dropout_seed, out, lse = ctx.saved_tensors
+    dropout_p, is_causal, scale, backend = ctx.options
+    mask_needs_grad = attn_mask is not None and ctx.needs_input_grad[3]
+    grad_q, grad_k, grad_v, grad_mask = attention_backward(
+        grad_out.contiguous(), q, k, v, attn_mask, out, lse, dropout_seed, dropout_p, is_causal,
+        scale, mask_needs_grad, backend)
+    return grad_q, grad_k, grad_v, none_if_empty(grad_mask), None, None, None, None, None
+
+
+attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_inputs(query, key, value, attn_mask, enable_gqa):
+    _checks.tensor("query", query, min_dim=3)
+    _checks.tensor("key", key, min_dim=3)
+    _checks.tensor("value", value, min_dim=3)
+    _checks.same_dtype(query=query, key=key, value=value)
+    _checks.optional_tensor("attn_mask", attn_mask, dtypes=(torch.bool,) + _checks.FLOATING)
+    _checks.same_device(query=query, key=key, value=value, attn_mask=attn_mask)
+    *batch, heads, len_q, dim = query.shape
+    if key.dim() != query.dim() or value.dim() != query.dim():
+        raise ValueError(
+            f"query, key and value must have the same number of dimensions (N..., H, L, E), "
+            f"got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    kv_heads, len_k = key.shape[-3], key.shape[-2]
+    _checks.shape("key", key, (*batch, kv_heads, len_k, dim),
+                  "(N..., Hk, Lk, E) with query's N... and E")
+    _checks.shape("value", value, (*batch, kv_heads, len_k, value.shape[-1]),
+                  "(N..., Hk, Lk, Ev) with key's N..., Hk and Lk")
+    _checks.nonempty("query", query, range(query.dim() - 3, query.dim()))
+    _checks.nonempty("key", key, range(key.dim() - 3, key.dim()))
+    if kv_heads != heads:
+        if not enable_gqa:
+            raise ValueError(f"key and value must have query's {heads} heads, got {kv_heads} "
+                             f"(pass enable_gqa=True for grouped-query attention)")
+        if heads % kv_heads:
+            raise ValueError(f"with enable_gqa=True the query's heads ({heads}) must be a "
+                             f"multiple of the key/value heads ({kv_heads})")
+    full = (*batch, heads, len_q, len_k)
+    if attn_mask is not None:
+        try:
+            if torch.broadcast_shapes(attn_mask.shape, full) != torch.Size(full):
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(
+                f"attn_mask must broadcast to (N..., H, Lq, Lk) = {full}, got shape "
+                f"{tuple(attn_mask.shape)}") from None
+    return full
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False, *, backend=None):
+    """Fused masked attention with the contract of ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Args:
+        query: (N..., H, Lq, E).
+        key: (N..., Hk, Lk, E); Hk == H, or a divisor of H with ``enable_gqa=True``.
+        value: (N..., Hk, Lk, Ev).
+        attn_mask: None, or broadcastable to (N..., H, Lq, Lk): bool (True = may attend)
+            or float (added to the scores; gets a gradient if it requires one).
+        dropout_p: dropout probability on the attention weights (applied whenever > 0,
+            as in torch's functional form; pass 0.0 in eval mode).
+        is_causal: query i attends to keys j <= i (top-left aligned, also for Lq != Lk);
+            combined with ``attn_mask`` when both are given.
+        scale: score scale, default 1 / sqrt(E).
+        enable_gqa: allow Hk < H (grouped-query attention).
+        backend: "reference", "triton", "cuda", "auto", or None for the active default
+            (see :func:`fasttx.use_backend`).
+
+    Returns:
+        (N..., H, Lq, Ev) in query's dtype. A query row that may attend to no key is zero.
+
+    Steps: scores = q k^T * scale, masks applied (-inf where not allowed), softmax in fp32,
+    dropout from a Philox seed drawn from torch's generator (``fasttx.random``), out = P v.
+    """
+    full = _check_inputs(query, key, value, attn_mask, enable_gqa)
+    dropout_p = _checks.probability("dropout_p", dropout_p)
+    *batch, heads, len_q, len_k = full
+    dim = query.shape[-1]
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+
+    cast = _checks.autocast_dtype(query.device)
+    if cast is not None:
+        query, key, value = query.to(cast), key.to(cast), value.to(cast)
+    q = query.reshape(-1, heads, len_q, dim)
+    k = key.reshape(-1, *key.shape[-3:])
+    v = value.reshape(-1, *value.shape[-3:])
+    mask = None
+    if attn_mask is not None:  # stride-0 broadcast: a padding mask costs no memory
+        mask = attn_mask.expand(full).reshape(-1, heads, len_q, len_k)
+    seed = philox.draw_seed(q.device) if dropout_p > 0.0 else None
+
+    name = select_backend(
+        "attention", q.device, backend, dtype=q.dtype, head_dim=dim, value_head_dim=v.shape[-1],
+        mask_dtype=None if mask is None else mask.dtype,
+        mask_needs_grad=mask is not None and mask.requires_grad)
+    out, _ = attention_forward(q, k, v, mask, seed, dropout_p, bool(is_causal), scale, name)
+    return out.reshape(*batch, heads, len_q, value.shape[-1])

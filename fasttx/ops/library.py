@@ -1,0 +1,87 @@
+"""The one place where fasttx's ``torch.library`` op schemas are declared.
+
+Each public op is a pair of custom ops, ``fasttx::<op>_forward`` and
+``fasttx::<op>_backward``, whose last argument names the backend that runs them
+(resolved by the functional API before the call, so the ops themselves never choose).
+The op modules (``fasttx/ops/<op>.py``) implement them by forwarding to
+``fasttx.<backend>.<op>``, register fake (meta) implementations so that
+``torch.compile(fullgraph=True)`` traces through them, and register the forward's
+autograd formula, which calls the backward op.
+
+Optional outputs can't be ``None`` in a custom op's schema: a backward op returns an
+empty tensor for a gradient nobody asked for, and the autograd formula maps it to None.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LIBRARY = "fasttx"
+
+SCHEMAS = {
+    # q (B, H, Lq, E), k (B, Hk, Lk, E), v (B, Hk, Lk, Ev), attn_mask (B, H, Lq, Lk)
+    # (bool: True = may attend; float: added to the scores; may be expanded with
+    # stride 0). Returns out (B, H, Lq, Ev) and the row log-sum-exp (B, H, Lq), fp32.
+    "attention_forward": (
+        "(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, Tensor? dropout_seed, "
+        "float dropout_p, bool is_causal, float scale, str backend) -> (Tensor, Tensor)"
+    ),
+    # Returns dq, dk, dv and d(attn_mask) (empty unless mask_needs_grad).
+    "attention_backward": (
+        "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? attn_mask, Tensor out, "
+        "Tensor lse, Tensor? dropout_seed, float dropout_p, bool is_causal, float scale, "
+        "bool mask_needs_grad, str backend) -> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+    # q (total_q, H, E), k (total_k, Hk, E), v (total_k, Hk, Ev), cu_seqlens int32 (B+1,).
+    # Returns out (total_q, H, Ev) and lse (H, total_q), fp32.
+    "varlen_attention_forward": (
+        "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+        "int max_seqlen_q, int max_seqlen_k, Tensor? dropout_seed, float dropout_p, "
+        "bool is_causal, float scale, str backend) -> (Tensor, Tensor)"
+    ),
+    "varlen_attention_backward": (
+        "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, "
+        "Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, Tensor out, Tensor lse, "
+        "Tensor? dropout_seed, float dropout_p, bool is_causal, float scale, str backend) "
+        "-> (Tensor, Tensor, Tensor)"
+    ),
+    # x, residual (N, D); weight, bias (D,). Returns y (N, D), the residual stream
+    # s = residual + dropout(x) (N, D), and the fp32 row statistics mean, rstd (N,).
+    "add_layer_norm_forward": (
+        "(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, "
+        "Tensor? dropout_seed, float dropout_p, str backend) -> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+    # grad_residual_out is the gradient flowing into s when it was returned.
+    # Returns dx, dresidual, dweight, dbias (empty where the input was None).
+    "add_layer_norm_backward": (
+        "(Tensor grad_y, Tensor? grad_residual_out, Tensor residual_out, Tensor? weight, "
+        "Tensor? bias, Tensor mean, Tensor rstd, Tensor? dropout_seed, float dropout_p, "
+        "bool has_residual, str backend) -> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+    # x (N, D), w1 (F, D), b1 (F,), w2 (D', F), b2 (D',). Returns y (N, D') and the
+    # pre-activation x @ w1.T + b1 (N, F) that the backward needs.
+    "feed_forward_forward": (
+        "(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str activation, "
+        "Tensor? dropout_seed, float dropout_p, str backend) -> (Tensor, Tensor)"
+    ),
+    # Returns dx, dw1, db1, dw2, db2 (empty where the bias was None).
+    "feed_forward_backward": (
+        "(Tensor grad_y, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+        "Tensor preactivation, str activation, Tensor? dropout_seed, float dropout_p, "
+        "str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    ),
+}
+
+
+def define(name: str):
+    """Decorator: makes the function the implementation of ``fasttx::<name>``."""
+    return torch.library.custom_op(f"{LIBRARY}::{name}", mutates_args=(), schema=SCHEMAS[name])
+
+
+def empty_like_none(reference: torch.Tensor) -> torch.Tensor:
+    """The placeholder a backward op returns for a gradient nobody asked for."""
+    return reference.new_empty((0,))
+
+
+def none_if_empty(tensor: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor.numel() == 0 and tensor.dim() == 1 else tensor

@@ -1,0 +1,65 @@
+"""Reference residual add + dropout + LayerNorm.
+
+Shapes: x, residual (N, D) (rows flattened by the functional API); weight, bias (D,) or None.
+
+Forward, step by step (statistics in fp32, fp64 for fp64 inputs):
+    s = residual + dropout(x)            dropout(x) = x * keep / (1 - p); s = dropout(x) without residual
+    mean = s.mean(-1); rstd = 1 / sqrt(s.var(-1, unbiased=False) + eps)
+    y = (s - mean) * rstd * weight + bias
+
+Dropout counter layout: element (n, d) of x has counter n * D + d.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fasttx.reference._common import accumulation_dtype, dropout_scale
+
+
+def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout_p):
+    """Returns y (N, D) in x's dtype, s (N, D) in the residual's dtype, mean and rstd (N,)."""
+    acc = accumulation_dtype(x.dtype)
+    stream_dtype = x.dtype if residual is None else residual.dtype
+    summed = x.to(acc)
+    keep_scale = dropout_scale(x.shape, dropout_seed, dropout_p, x.device)
+    if keep_scale is not None:
+        summed = summed * keep_scale
+    if residual is not None:
+        summed = summed + residual.to(acc)
+    mean = summed.mean(-1)
+    rstd = torch.rsqrt(summed.var(-1, unbiased=False) + eps)
+    y = (summed - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
+    if weight is not None:
+        y = y * weight.to(acc)
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.to(x.dtype), summed.to(stream_dtype), mean, rstd
+
+
+def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bias, mean, rstd,
+                            dropout_seed, dropout_p, has_residual):
+    """Returns dx, dresidual, dweight, dbias (empty where there is no such input).
+
+        xhat = (s - mean) * rstd,  g = dy * weight
+        ds = rstd * (g - mean(g) - xhat * mean(g * xhat)) + d(s returned)
+        dresidual = ds;  dx = ds * keep / (1 - p)
+        dweight = sum_rows(dy * xhat);  dbias = sum_rows(dy)
+    """
+    acc = mean.dtype
+    dy = grad_y.to(acc)
+    xhat = (residual_out.to(acc) - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
+    g = dy if weight is None else dy * weight.to(acc)
+    grad_s = rstd.unsqueeze(-1) * (
+        g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+    if grad_residual_out is not None:
+        grad_s = grad_s + grad_residual_out.to(acc)
+    keep_scale = dropout_scale(grad_s.shape, dropout_seed, dropout_p, grad_s.device)
+    grad_x = grad_s if keep_scale is None else grad_s * keep_scale
+    empty = grad_y.new_empty((0,))
+    return (
+        grad_x.to(grad_y.dtype),
+        grad_s.to(residual_out.dtype) if has_residual else empty,
+        (dy * xhat).sum(0).to(weight.dtype) if weight is not None else empty,
+        dy.sum(0).to(bias.dtype) if bias is not None else empty,
+    )

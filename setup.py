@@ -1,0 +1,70 @@
+"""Build script: the pure-Python package always, the CUDA extension ``fasttx._C`` when possible.
+
+``fasttx._C`` is compiled from ``csrc/`` with ``torch.utils.cpp_extension`` only where
+nvcc and a CUDA build of torch are both present. Everywhere else (CPU-only machines, CI,
+``FASTTX_SKIP_CUDA_BUILD=1``) the build is skipped with a message, and the ``cuda``
+backend reports itself unavailable at run time.
+
+Environment:
+    FASTTX_SKIP_CUDA_BUILD=1   never build the extension.
+    FASTTX_CUDA_ARCHS          semicolon list of targets, default "8.0;9.0".
+    MAX_JOBS, NVCC_THREADS     bound the build's parallelism.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+
+def _log(message):
+    print(f"fasttx setup: {message}", file=sys.stderr)
+
+
+def cuda_extension_reason():
+    """Returns None when the CUDA extension can be built, else why not."""
+    if os.environ.get("FASTTX_SKIP_CUDA_BUILD", "0") == "1":
+        return "FASTTX_SKIP_CUDA_BUILD=1"
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        return "torch is not importable at build time (use pip install --no-build-isolation)"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    if CUDA_HOME is None or shutil.which("nvcc") is None and not os.path.exists(
+        os.path.join(CUDA_HOME, "bin", "nvcc")
+    ):
+        return "nvcc was not found (set CUDA_HOME)"
+    return None
+
+
+def cuda_extensions():
+    reason = cuda_extension_reason()
+    if reason is not None:
+        _log(f"skipping the CUDA extension fasttx._C: {reason}")
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    archs = os.environ.get("FASTTX_CUDA_ARCHS", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", archs)
+    nvcc_threads = os.environ.get("NVCC_THREADS", "4")
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
+    _log(f"building fasttx._C for {archs} from {len(sources)} sources")
+    extension = CUDAExtension(
+        name="fasttx._C",
+        sources=sources,
+        include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17"],
+            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", f"--threads={nvcc_threads}"],
+        },
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = cuda_extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
