@@ -1,0 +1,141 @@
+"""Test helpers: the tolerance rule of DESIGN.md, seeded input factories, GPU markers.
+
+The tolerance rule: a fused op is right when its error against a float64 oracle is at most
+``factor`` times the error of plain PyTorch computing the same thing in the same low
+precision, plus a small floor (2x for outputs, 3x for gradients).
+
+    expected = op(*inputs_in_float64)                      # the oracle
+    baseline = plain_pytorch(*inputs_in_low_precision)     # what users have today
+    assert_within_budget(fused(*inputs), expected, baseline, factor=2)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = [
+    "assert_within_budget",
+    "attention_inputs",
+    "gpu",
+    "key_padding_mask",
+    "random_tensor",
+    "requires_cuda_extension",
+    "seeded_generator",
+    "to_float64",
+]
+
+DEFAULT_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-4,
+                 torch.bfloat16: 1e-3}
+
+
+def _worst(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, tuple[int, ...]]:
+    error = (actual.detach().double() - expected.detach().double()).abs()
+    error = torch.nan_to_num(error, nan=float("inf"))
+    flat = int(error.argmax()) if error.numel() else 0
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), error.shape)) \
+        if error.dim() else ()
+    return (float(error.max()) if error.numel() else 0.0), index
+
+
+def assert_within_budget(actual: torch.Tensor, expected: torch.Tensor,
+                         baseline: torch.Tensor | None = None, *, factor: float = 2.0,
+                         floor: float | None = None, name: str = "output") -> None:
+    """Asserts ``max|actual - expected| <= factor * max|baseline - expected| + floor``.
+
+    Args:
+        actual: the result under test (any dtype).
+        expected: the float64 (or fp32) oracle.
+        baseline: plain PyTorch's result in the same precision as ``actual``; None means
+            the budget is the floor alone (for exact-in-float64 comparisons).
+        factor: 2 for outputs, 3 for gradients (DESIGN.md).
+        floor: absolute slack; default by ``actual``'s dtype.
+        name: what is compared, for the message.
+
+    The message reports the worst element: its index, both values and both errors.
+    """
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected "
+                             f"{tuple(expected.shape)}")
+    if floor is None:
+        floor = DEFAULT_FLOOR.get(actual.dtype, 1e-6)
+    error, index = _worst(actual, expected)
+    baseline_error = 0.0 if baseline is None else _worst(baseline, expected)[0]
+    budget = factor * baseline_error + floor
+    if not error <= budget:
+        got = actual.detach()[index].item() if actual.numel() else None
+        want = expected.detach()[index].item() if expected.numel() else None
+        raise AssertionError(
+            f"{name}: max error {error:.3e} at index {index} (got {got!r}, expected {want!r}) "
+            f"exceeds the budget {budget:.3e} = {factor} x baseline error {baseline_error:.3e} "
+            f"+ floor {floor:.1e}")
+
+
+def seeded_generator(seed: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def random_tensor(*shape: int, dtype=torch.float32, device="cpu", seed: int = 0,
+                  scale: float = 1.0, requires_grad: bool = False) -> torch.Tensor:
+    """Standard-normal values times ``scale``, drawn from a private seeded generator."""
+    generator = seeded_generator(seed)
+    values = torch.randn(shape, generator=generator, dtype=torch.float64) * scale
+    return values.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+
+def attention_inputs(batch: int, heads: int, len_q: int, len_k: int, head_dim: int, *,
+                     kv_heads: int | None = None, value_dim: int | None = None,
+                     dtype=torch.float32, device="cpu", seed: int = 0,
+                     requires_grad: bool = False) -> tuple[torch.Tensor, ...]:
+    """q (B, H, Lq, E), k (B, Hk, Lk, E), v (B, Hk, Lk, Ev) with fresh seeded values."""
+    kv_heads = heads if kv_heads is None else kv_heads
+    value_dim = head_dim if value_dim is None else value_dim
+    shapes = [(batch, heads, len_q, head_dim), (batch, kv_heads, len_k, head_dim),
+              (batch, kv_heads, len_k, value_dim)]
+    return tuple(random_tensor(*shape, dtype=dtype, device=device, seed=seed * 3 + i,
+                               requires_grad=requires_grad) for i, shape in enumerate(shapes))
+
+
+def key_padding_mask(lengths: list[int], max_len: int, device="cpu") -> torch.Tensor:
+    """Bool (B, 1, 1, max_len), True where key j < lengths[b] (may attend)."""
+    positions = torch.arange(max_len, device=device)
+    keep = positions.unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
+    return keep[:, None, None, :]
+
+
+def to_float64(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Detached float64 copies (bool and integer tensors unchanged), keeping requires_grad."""
+    out = []
+    for t in tensors:
+        if t is None or not t.is_floating_point():
+            out.append(t)
+        else:
+            out.append(t.detach().double().requires_grad_(t.requires_grad))
+    return tuple(out)
+
+
+def _has_cuda_extension() -> bool:
+    try:
+        from fasttx import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - pytest is a test extra
+    pytest = None
+
+if pytest is not None:
+    #: Marks a test that needs a CUDA GPU; it is skipped cleanly on CPU-only machines.
+    gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    #: Marks a test that needs the compiled extension fasttx._C (and a GPU).
+    requires_cuda_extension = pytest.mark.skipif(
+        not (torch.cuda.is_available() and _has_cuda_extension()),
+        reason="needs a CUDA GPU and the compiled extension fasttx._C")
+    #: Marks a test of the Triton backend: runs on a GPU, or on CPU under TRITON_INTERPRET=1.
+    requires_triton = pytest.mark.skipif(
+        not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+        reason="needs a CUDA GPU or TRITON_INTERPRET=1")
