@@ -36,11 +36,10 @@ def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bia
 @add_layer_norm_backward.register_fake
 def _(grad_y, grad_residual_out, residual_out, weight, bias, mean, rstd, dropout_seed,
       dropout_p, has_residual, backend):
-    empty = grad_y.new_empty((0,))
     return (torch.empty_like(grad_y),
-            torch.empty_like(residual_out) if has_residual else empty,
-            torch.empty_like(weight) if weight is not None else empty,
-            torch.empty_like(bias) if bias is not None else empty)
+            torch.empty_like(residual_out) if has_residual else grad_y.new_empty((0,)),
+            torch.empty_like(weight) if weight is not None else grad_y.new_empty((0,)),
+            torch.empty_like(bias) if bias is not None else grad_y.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):

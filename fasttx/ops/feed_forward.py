@@ -32,10 +32,9 @@ def feed_forward_backward(grad_y, x, w1, b1, w2, b2, preactivation, activation, 
 
 @feed_forward_backward.register_fake
 def _(grad_y, x, w1, b1, w2, b2, preactivation, activation, dropout_seed, dropout_p, backend):
-    empty = x.new_empty((0,))
     return (torch.empty_like(x), torch.empty_like(w1),
-            torch.empty_like(b1) if b1 is not None else empty, torch.empty_like(w2),
-            torch.empty_like(b2) if b2 is not None else empty)
+            torch.empty_like(b1) if b1 is not None else x.new_empty((0,)), torch.empty_like(w2),
+            torch.empty_like(b2) if b2 is not None else x.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):

@@ -9,7 +9,8 @@ The op modules (``fasttx/ops/<op>.py``) implement them by forwarding to
 autograd formula, which calls the backward op.
 
 Optional outputs can't be ``None`` in a custom op's schema: a backward op returns an
-empty tensor for a gradient nobody asked for, and the autograd formula maps it to None.
+empty tensor of shape (0,) (a new one each
+time: outputs may not alias) for a gradient nobody asked for, and the autograd formula maps it to None.
 """
 
 from __future__ import annotations
@@ -76,11 +77,6 @@ SCHEMAS = {
 def define(name: str):
     """Decorator: makes the function the implementation of ``fasttx::<name>``."""
     return torch.library.custom_op(f"{LIBRARY}::{name}", mutates_args=(), schema=SCHEMAS[name])
-
-
-def empty_like_none(reference: torch.Tensor) -> torch.Tensor:
-    """The placeholder a backward op returns for a gradient nobody asked for."""
-    return reference.new_empty((0,))
 
 
 def none_if_empty(tensor: torch.Tensor) -> torch.Tensor | None:

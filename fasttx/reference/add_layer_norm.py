@@ -21,7 +21,7 @@ def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout
     """Returns y (N, D) in x's dtype, s (N, D) in the residual's dtype, mean and rstd (N,)."""
     acc = accumulation_dtype(x.dtype)
     stream_dtype = x.dtype if residual is None else residual.dtype
-    summed = x.to(acc)
+    summed = x.to(acc, copy=True)  # s is an output: it must not alias x
     keep_scale = dropout_scale(x.shape, dropout_seed, dropout_p, x.device)
     if keep_scale is not None:
         summed = summed * keep_scale
@@ -39,7 +39,7 @@ def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout
 
 def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bias, mean, rstd,
                             dropout_seed, dropout_p, has_residual):
-    """Returns dx, dresidual, dweight, dbias (empty where there is no such input).
+    """Returns dx, dresidual, dweight, dbias (empty, shape (0,), where there is no such input).
 
         xhat = (s - mean) * rstd,  g = dy * weight
         ds = rstd * (g - mean(g) - xhat * mean(g * xhat)) + d(s returned)
@@ -55,11 +55,11 @@ def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bia
     if grad_residual_out is not None:
         grad_s = grad_s + grad_residual_out.to(acc)
     keep_scale = dropout_scale(grad_s.shape, dropout_seed, dropout_p, grad_s.device)
-    grad_x = grad_s if keep_scale is None else grad_s * keep_scale
-    empty = grad_y.new_empty((0,))
+    # dx and dresidual are separate outputs: they must not alias each other
+    grad_x = grad_s.clone() if keep_scale is None else grad_s * keep_scale
     return (
         grad_x.to(grad_y.dtype),
-        grad_s.to(residual_out.dtype) if has_residual else empty,
-        (dy * xhat).sum(0).to(weight.dtype) if weight is not None else empty,
-        dy.sum(0).to(bias.dtype) if bias is not None else empty,
+        grad_s.to(residual_out.dtype) if has_residual else grad_y.new_empty((0,)),
+        (dy * xhat).sum(0).to(weight.dtype) if weight is not None else grad_y.new_empty((0,)),
+        dy.sum(0).to(bias.dtype) if bias is not None else grad_y.new_empty((0,)),
     )

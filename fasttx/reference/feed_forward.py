@@ -61,7 +61,7 @@ def feed_forward_forward(x, w1, b1, w2, b2, activation, dropout_seed, dropout_p)
 
 def feed_forward_backward(grad_y, x, w1, b1, w2, b2, preactivation, activation, dropout_seed,
                           dropout_p):
-    """Returns dx, dw1, db1, dw2, db2 (empty where the bias was None).
+    """Returns dx, dw1, db1, dw2, db2 (empty, shape (0,), where the bias was None).
 
         dh = dy @ w2 * keep / (1 - p);   da = dh * act'(a)
         dw2 = dy^T h;  db2 = sum_rows(dy);  dx = da @ w1;  dw1 = da^T x;  db1 = sum_rows(da)
@@ -73,11 +73,10 @@ def feed_forward_backward(grad_y, x, w1, b1, w2, b2, preactivation, activation, 
     if keep_scale is not None:
         grad_hidden = grad_hidden * keep_scale
     grad_pre = (grad_hidden * activation_derivative(preactivation.to(acc), activation)).to(x.dtype)
-    empty = grad_y.new_empty((0,))
     return (
         grad_pre @ w1,
         grad_pre.transpose(0, 1) @ x,
-        grad_pre.to(acc).sum(0).to(b1.dtype) if b1 is not None else empty,
+        grad_pre.to(acc).sum(0).to(b1.dtype) if b1 is not None else grad_y.new_empty((0,)),
         grad_y.transpose(0, 1) @ hidden,
-        grad_y.to(acc).sum(0).to(b2.dtype) if b2 is not None else empty,
+        grad_y.to(acc).sum(0).to(b2.dtype) if b2 is not None else grad_y.new_empty((0,)),
     )

@@ -1,0 +1,221 @@
+"""fasttx.scaled_dot_product_attention (reference backend) against torch's SDPA in float64."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fasttx
+from fasttx import random as philox
+from fasttx.testing import assert_within_budget, attention_inputs, key_padding_mask, random_tensor
+
+# (batch, heads, kv_heads, len_q, len_k, head_dim, value_dim): odd sizes, Lq = 1, Lq != Lk,
+# head dims that are not powers of two, GQA and MQA.
+SHAPES = [
+    (1, 1, 1, 1, 1, 8, 8),
+    (2, 3, 3, 7, 7, 40, 40),
+    (3, 2, 2, 1, 97, 16, 16),
+    (2, 4, 2, 13, 5, 24, 24),
+    (1, 4, 1, 9, 17, 8, 12),
+    (2, 2, 2, 33, 20, 80, 80),
+]
+MASK_KINDS = ["none", "causal", "bool", "float", "key_padding", "bool+causal", "float+causal"]
+
+
+def make_mask(kind, batch, heads, len_q, len_k, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    if kind in ("none", "causal"):
+        return None
+    if kind.startswith("bool"):
+        return torch.rand(batch, 1, len_q, len_k, generator=generator) > 0.3
+    if kind.startswith("float"):
+        return torch.randn(batch, heads, len_q, len_k, generator=generator, dtype=torch.float64)
+    lengths = torch.randint(1, len_k + 1, (batch,), generator=generator).tolist()
+    return key_padding_mask(lengths, len_k)
+
+
+def torch_sdpa(q, k, v, mask, is_causal, **kwargs):
+    """torch's SDPA, with mask + causal folded into one mask (older torch rejects both)."""
+    if mask is not None and is_causal:
+        allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        mask = mask & allowed if mask.dtype == torch.bool else mask.masked_fill(~allowed, -math.inf)
+        is_causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                          enable_gqa=k.shape[-3] != q.shape[-3], **kwargs)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_matches_torch_in_float64(shape, mask_kind):
+    batch, heads, kv_heads, len_q, len_k, dim, value_dim = shape
+    q, k, v = attention_inputs(batch, heads, len_q, len_k, dim, kv_heads=kv_heads,
+                               value_dim=value_dim, dtype=torch.float64, requires_grad=True,
+                               seed=hash((shape, mask_kind)) % 1000)
+    mask = make_mask(mask_kind, batch, heads, len_q, len_k)
+    if mask is not None and mask.is_floating_point():
+        mask.requires_grad_(True)
+    causal = mask_kind.endswith("causal")
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              enable_gqa=True, backend="reference")
+    expected = torch_sdpa(q, k, v, mask, causal)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+    grad = torch.randn_like(out)
+    inputs = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
+    grads = torch.autograd.grad(out, inputs, grad)
+    expected_grads = torch.autograd.grad(expected, inputs, grad)
+    for name, got, want in zip(["dq", "dk", "dv", "dmask"], grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["none", "bool+causal", "float"])
+def test_low_precision_within_budget(dtype, mask_kind):
+    """The reference in low precision is at least as close to fp64 as torch's own SDPA."""
+    q, k, v = attention_inputs(2, 3, 19, 23, 40, dtype=dtype, seed=5)
+    mask = make_mask(mask_kind, 2, 3, 19, 23)
+    causal = mask_kind.endswith("causal")
+    low_mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=low_mask, is_causal=causal)
+    q64, k64, v64 = (t.double() for t in (q, k, v))
+    mask64 = mask.double() if mask is not None and mask.is_floating_point() else mask
+    expected = torch_sdpa(q64, k64, v64, mask64, causal)
+    baseline = torch_sdpa(q, k, v, low_mask, causal)
+    assert out.dtype == dtype
+    assert_within_budget(out, expected, baseline, factor=2.0)
+
+
+def test_leading_batch_dims_and_unbatched():
+    q, k, v = (random_tensor(2, 3, 4, 5, 8, dtype=torch.float64, seed=i) for i in range(3))
+    mask = torch.rand(3, 1, 5, 5, generator=torch.Generator().manual_seed(1)) > 0.5
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    out3 = fasttx.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0], is_causal=True)
+    torch.testing.assert_close(out3, F.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0],
+                                                                    is_causal=True))
+
+
+def test_custom_scale():
+    q, k, v = attention_inputs(2, 2, 6, 9, 16, dtype=torch.float64, seed=3)
+    out = fasttx.scaled_dot_product_attention(q, k, v, scale=0.37)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.37))
+
+
+def test_fully_masked_rows_give_zeros_and_zero_grads():
+    q, k, v = attention_inputs(2, 2, 5, 6, 8, dtype=torch.float64, requires_grad=True, seed=4)
+    mask = torch.ones(2, 2, 5, 6, dtype=torch.bool)
+    mask[0, :, 1] = False
+    mask[1, 1, 4] = False
+    float_mask = torch.zeros(2, 2, 5, 6, dtype=torch.float64).masked_fill(~mask, -math.inf)
+    for attn_mask in (mask, float_mask):
+        out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        assert torch.isfinite(out).all()
+        assert (out[0, :, 1] == 0).all() and (out[1, 1, 4] == 0).all()
+        grad_q, = torch.autograd.grad(out.sum(), q)
+        assert torch.isfinite(grad_q).all()
+        assert (grad_q[0, :, 1] == 0).all()
+
+
+def test_causal_with_more_queries_than_keys_is_top_left():
+    q, k, v = attention_inputs(1, 1, 6, 3, 8, dtype=torch.float64, seed=6)
+    out = fasttx.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # query 0 sees only key 0; queries 2.. see every key
+    torch.testing.assert_close(out[0, 0, 0], v[0, 0, 0])
+    full = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out[0, 0, 2:], full[0, 0, 2:])
+
+
+def _dropout_expected(q, k, v, seed, p):
+    probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    keep = philox.keep_mask(seed, philox.counters(probs.shape), p)
+    return (probs * keep / (1 - p)) @ v, keep
+
+
+def test_dropout_uses_the_recoverable_philox_mask():
+    q, k, v = attention_inputs(2, 3, 11, 13, 8, dtype=torch.float64, requires_grad=True, seed=7)
+    p = 0.3
+    torch.manual_seed(1234)
+    out = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    torch.manual_seed(1234)
+    seed = philox.draw_seed("cpu")
+    expected, keep = _dropout_expected(q, k, v, seed, p)
+    torch.testing.assert_close(out, expected)
+    assert abs(1 - keep.double().mean().item() - p) < 0.05
+    grad = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad),
+                         torch.autograd.grad(expected, (q, k, v), grad)):
+        torch.testing.assert_close(got, want)
+
+
+def test_dropout_reproducible_under_manual_seed():
+    q, k, v = attention_inputs(1, 2, 8, 8, 8, seed=8)
+    torch.manual_seed(0)
+    first = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+    torch.manual_seed(0)
+    second = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+    third = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, third)
+
+
+def test_dropout_with_identity_values_shows_kept_probabilities():
+    q, k, _ = attention_inputs(1, 1, 4, 6, 8, dtype=torch.float64, seed=9)
+    v = torch.eye(6, dtype=torch.float64)[None, None]
+    torch.manual_seed(3)
+    out = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1)
+    dropped = out == 0
+    assert dropped.any() and not dropped.all()
+    torch.testing.assert_close(out[~dropped], probs[~dropped] / 0.6)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "float+causal"])
+def test_gradcheck_with_dropout(mask_kind):
+    q, k, v = attention_inputs(1, 2, 3, 4, 5, kv_heads=1, dtype=torch.float64,
+                               requires_grad=True, seed=10)
+    mask = make_mask(mask_kind, 1, 2, 3, 4)
+    if mask is not None:
+        mask = mask.expand(1, 2, 3, 4).clone().requires_grad_(True)
+    seed = torch.tensor([77])
+
+    def fn(q, k, v, mask):
+        return torch.ops.fasttx.attention_forward(q, k, v, mask, seed, 0.25,
+                                                  mask_kind.endswith("causal"), 0.5,
+                                                  "reference")[0]
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, mask))
+
+
+def test_opcheck():
+    q, k, v = attention_inputs(2, 2, 3, 5, 8, dtype=torch.float64, requires_grad=True, seed=11)
+    mask = torch.randn(2, 2, 3, 5, dtype=torch.float64, requires_grad=True)
+    seed = torch.tensor([5])
+    torch.library.opcheck(torch.ops.fasttx.attention_forward.default,
+                          (q, k, v, mask, seed, 0.1, True, 0.3, "reference"))
+
+
+BAD_INPUTS = [
+    (dict(query=torch.randn(2, 3)), ValueError, "query"),
+    (dict(query=[1.0]), TypeError, "query"),
+    (dict(key=torch.randn(2, 3, 4, 9)), ValueError, "key"),
+    (dict(value=torch.randn(2, 3, 5, 8)), ValueError, "value"),
+    (dict(key=torch.randn(2, 3, 4, 8, dtype=torch.float64)), TypeError, "key"),
+    (dict(query=torch.randint(0, 3, (2, 3, 4, 8))), TypeError, "query"),
+    (dict(attn_mask=torch.ones(2, 3, 4, 5, dtype=torch.bool)), ValueError, "attn_mask"),
+    (dict(attn_mask=torch.ones(4, dtype=torch.int64)), TypeError, "attn_mask"),
+    (dict(dropout_p=1.0), ValueError, "dropout_p"),
+    (dict(key=torch.randn(2, 1, 4, 8), value=torch.randn(2, 1, 4, 8)), ValueError, "enable_gqa"),
+    (dict(key=torch.randn(2, 2, 4, 8), value=torch.randn(2, 2, 4, 8), enable_gqa=True),
+     ValueError, "multiple"),
+    (dict(backend="fastest"), ValueError, "backend"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,word", BAD_INPUTS)
+def test_bad_inputs_name_the_argument(overrides, error, word):
+    args = dict(query=torch.randn(2, 3, 4, 8), key=torch.randn(2, 3, 4, 8),
+                value=torch.randn(2, 3, 4, 8))
+    args.update(overrides)
+    with pytest.raises(error, match=word):
+        fasttx.scaled_dot_product_attention(**args)
