@@ -116,8 +116,17 @@ def select_backend(op: str, device: torch.device, requested: str | None, **prope
     """Resolves ``requested`` (None means the active one) to a backend name for ``op``.
 
     ``properties`` describe the inputs (dtype, head_dim, ...) for the backends' checks.
+    Reading the active backend here (in traced code) makes torch.compile guard on it.
     """
     name = _active_backend if requested is None else requested
+    return _resolve(op, device, name, tuple(sorted(properties.items())))
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, device: torch.device, name: str, properties: tuple) -> str:
+    # Run eagerly while torch.compile traces (it imports backend modules): its result
+    # is a constant string for the graph.
+    properties = dict(properties)
     if name not in BACKENDS and name != "auto":
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
     if name != "auto":

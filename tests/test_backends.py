@@ -1,0 +1,89 @@
+"""Backend selection: auto, explicit backends that never fall back, use_backend, reasons."""
+
+import pytest
+import torch
+
+import fasttx
+from fasttx import backends
+from fasttx.testing import attention_inputs
+
+
+def test_available_backends_reports_reasons():
+    available = fasttx.available_backends()
+    assert set(available) == {"reference", "triton", "cuda"}
+    assert available["reference"] is True
+    for name, ok in available.items():
+        assert isinstance(ok, bool)
+        assert ok or available.reasons[name]
+    assert "cuda" in repr(available)
+
+
+@pytest.mark.skipif(fasttx.available_backends()["cuda"], reason="fasttx._C is built here")
+def test_cuda_backend_without_extension_names_the_build_flag():
+    q, k, v = attention_inputs(1, 1, 2, 2, 4)
+    with pytest.raises(fasttx.BackendUnavailableError, match="FASTTX_SKIP_CUDA_BUILD"):
+        fasttx.scaled_dot_product_attention(q, k, v, backend="cuda")
+    assert not fasttx.available_backends()["cuda"]
+
+
+def test_explicit_backend_never_falls_back_on_cpu_tensors():
+    q, k, v = attention_inputs(1, 1, 2, 2, 4)
+    for name in ("triton", "cuda"):
+        if backends.unsupported_reason(name, "attention", q.device) is None:
+            continue  # e.g. the Triton interpreter is on
+        with pytest.raises(fasttx.BackendUnavailableError, match=name):
+            fasttx.scaled_dot_product_attention(q, k, v, backend=name)
+
+
+def test_auto_on_cpu_picks_the_reference():
+    device = torch.device("cpu")
+    assert backends.select_backend("attention", device, "auto") == "reference"
+    assert backends.select_backend("feed_forward", device, None) == "reference"
+
+
+def test_use_backend_sets_and_restores_the_default():
+    assert fasttx.current_backend() == "auto"
+    with fasttx.use_backend("reference"):
+        assert fasttx.current_backend() == "reference"
+        with fasttx.use_backend("cuda"):
+            assert fasttx.current_backend() == "cuda"
+            q, k, v = attention_inputs(1, 1, 2, 2, 4)
+            if not fasttx.available_backends()["cuda"]:
+                with pytest.raises(fasttx.BackendUnavailableError):
+                    fasttx.scaled_dot_product_attention(q, k, v)
+            # an explicit argument wins over the active default
+            fasttx.scaled_dot_product_attention(q, k, v, backend="reference")
+        assert fasttx.current_backend() == "reference"
+    assert fasttx.current_backend() == "auto"
+
+
+def test_unknown_backend_names_are_rejected():
+    with pytest.raises(ValueError, match="backend"):
+        with fasttx.use_backend("fast"):
+            pass
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="backend"):
+        fasttx.add_layer_norm(x, None, None, None, backend="fast")
+
+
+def test_missing_op_module_is_a_clear_reason(monkeypatch):
+    monkeypatch.setitem(backends._PACKAGES, "reference", "fasttx.nonexistent_backend")
+    backends._op_module.cache_clear()
+    try:
+        reason = backends.unsupported_reason("reference", "attention", torch.device("cpu"))
+        assert "no kernel for attention" in reason
+    finally:
+        monkeypatch.undo()
+        backends._op_module.cache_clear()
+
+
+def test_compiled_function_follows_use_backend():
+    torch._dynamo.reset()
+    q, k, v = attention_inputs(1, 1, 3, 3, 4)
+    compiled = torch.compile(lambda q, k, v: fasttx.scaled_dot_product_attention(q, k, v),
+                             fullgraph=True, backend="aot_eager")
+    with fasttx.use_backend("reference"):
+        compiled(q, k, v)
+    if not fasttx.available_backends()["cuda"]:
+        with fasttx.use_backend("cuda"), pytest.raises(Exception, match="cuda"):
+            compiled(q, k, v)
