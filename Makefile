@@ -1,0 +1,30 @@
+# fasttx developer commands. `make demo` and `make test` each set up what they need.
+PYTHON ?= python3
+# Installed only when torch is missing (the CPU wheel on a CPU-only machine).
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean
+
+# --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
+# torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
+setup:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
+
+# Train the tiny model on the built-in copy task (fused kernels on a GPU) and print the result.
+demo: setup
+	$(PYTHON) -m fasttx
+
+# The whole test suite; GPU-only tests skip themselves on CPU. pytest's exit code 5
+# ("no tests collected") is reported as a failure: an empty run proves nothing.
+test: setup
+	@status=0; $(PYTHON) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; fi; \
+	exit $$status
+
+lint:
+	$(PYTHON) -m ruff check fasttx tests benchmarks
+
+clean:
+	rm -rf build dist *.egg-info fasttx/_C*.so .pytest_cache
