@@ -117,6 +117,7 @@ def test_gradcheck_and_opcheck_with_dropout():
     (dict(eps=0.0), ValueError, "eps"),
     (dict(dropout_p=-0.1), ValueError, "dropout_p"),
     (dict(x=torch.randn(4, 0), residual=None, weight=None, bias=None), ValueError, "x"),
+    (dict(residual=torch.randn(4, 8, device="meta")), ValueError, "residual"),
 ])
 def test_bad_inputs_name_the_argument(change, error, word):
     args = dict(x=torch.randn(4, 8), residual=torch.randn(4, 8), weight=torch.ones(8),

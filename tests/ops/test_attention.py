@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fasttx
 from fasttx import random as philox
@@ -209,6 +211,8 @@ BAD_INPUTS = [
     (dict(key=torch.randn(2, 2, 4, 8), value=torch.randn(2, 2, 4, 8), enable_gqa=True),
      ValueError, "multiple"),
     (dict(backend="fastest"), ValueError, "backend"),
+    (dict(key=torch.randn(2, 3, 4, 8, device="meta")), ValueError, "key"),
+    (dict(attn_mask=torch.ones(4, 4, dtype=torch.bool, device="meta")), ValueError, "attn_mask"),
 ]
 
 
@@ -219,3 +223,20 @@ def test_bad_inputs_name_the_argument(overrides, error, word):
     args.update(overrides)
     with pytest.raises(error, match=word):
         fasttx.scaled_dot_product_attention(**args)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), kv_heads=st.integers(1, 3), groups=st.integers(1, 3),
+       len_q=st.integers(1, 20), len_k=st.integers(1, 20), dim=st.integers(1, 24),
+       value_dim=st.integers(1, 24), mask_kind=st.sampled_from(MASK_KINDS),
+       seed=st.integers(0, 2**16))
+def test_random_shapes_match_torch(batch, kv_heads, groups, len_q, len_k, dim, value_dim,
+                                   mask_kind, seed):
+    heads = kv_heads * groups
+    q, k, v = attention_inputs(batch, heads, len_q, len_k, dim, kv_heads=kv_heads,
+                               value_dim=value_dim, dtype=torch.float64, seed=seed)
+    mask = make_mask(mask_kind, batch, heads, len_q, len_k, seed=seed)
+    causal = mask_kind.endswith("causal")
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              enable_gqa=True)
+    torch.testing.assert_close(out, torch_sdpa(q, k, v, mask, causal), rtol=1e-10, atol=1e-12)

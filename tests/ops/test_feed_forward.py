@@ -116,6 +116,7 @@ def test_autocast_runs_in_the_autocast_dtype():
     (dict(w1=torch.randn(16, 8, dtype=torch.float64)), TypeError, "w1"),
     (dict(x="tensor"), TypeError, "x"),
     (dict(dropout_p=2), ValueError, "dropout_p"),
+    (dict(w2=torch.randn(8, 16, device="meta")), ValueError, "w2"),
 ])
 def test_bad_inputs_name_the_argument(change, error, word):
     args = dict(x=torch.randn(4, 8), w1=torch.randn(16, 8), b1=torch.randn(16),
