@@ -46,23 +46,24 @@ def nonempty(name: str, value: torch.Tensor, dims: range | tuple[int, ...]) -> N
                              f"{tuple(value.shape)}")
 
 
-def same_dtype(**tensors: torch.Tensor | None) -> None:
+def _same(attribute: str, error: type[Exception], tensors: dict) -> object:
+    """Checks that the given (non-None) tensors agree on ``attribute``; returns it."""
     named = [(n, t) for n, t in tensors.items() if t is not None]
     first_name, first = named[0]
+    expected = getattr(first, attribute)
     for n, t in named[1:]:
-        if t.dtype != first.dtype:
-            raise TypeError(f"{n} must have the dtype of {first_name} ({first.dtype}), "
-                            f"got {t.dtype}")
+        if getattr(t, attribute) != expected:
+            raise error(f"{n} must have the {attribute} of {first_name} ({expected}), "
+                        f"got {getattr(t, attribute)}")
+    return expected
+
+
+def same_dtype(**tensors: torch.Tensor | None) -> torch.dtype:
+    return _same("dtype", TypeError, tensors)
 
 
 def same_device(**tensors: torch.Tensor | None) -> torch.device:
-    named = [(n, t) for n, t in tensors.items() if t is not None]
-    first_name, first = named[0]
-    for n, t in named[1:]:
-        if t.device != first.device:
-            raise ValueError(f"{n} must be on the device of {first_name} ({first.device}), "
-                             f"got {t.device}")
-    return first.device
+    return _same("device", ValueError, tensors)
 
 
 def probability(name: str, value) -> float:
