@@ -31,6 +31,7 @@ __all__ = [
     "BackendUnavailableError",
     "available_backends",
     "current_backend",
+    "record_selections",
     "select_backend",
     "use_backend",
 ]
@@ -40,6 +41,7 @@ AUTO_ORDER = ("cuda", "triton", "reference")
 _PACKAGES = {"reference": "fasttx.reference", "triton": "fasttx.triton", "cuda": "fasttx.cuda"}
 
 _active_backend = "auto"
+_recorded: dict[str, str] | None = None
 
 
 class BackendUnavailableError(RuntimeError):
@@ -119,7 +121,10 @@ def select_backend(op: str, device: torch.device, requested: str | None, **prope
     Reading the active backend here (in traced code) makes torch.compile guard on it.
     """
     name = _active_backend if requested is None else requested
-    return _resolve(op, device, name, tuple(sorted(properties.items())))
+    chosen = _resolve(op, device, name, tuple(sorted(properties.items())))
+    if _recorded is not None:
+        _recorded[op] = chosen
+    return chosen
 
 
 @torch.compiler.assume_constant_result
@@ -175,6 +180,22 @@ def available_backends() -> BackendAvailability:
 def current_backend() -> str:
     """The backend that ops use when called without ``backend=``."""
     return _active_backend
+
+
+@contextlib.contextmanager
+def record_selections() -> Iterator[dict[str, str]]:
+    """Records which backend each op ran on inside the block: ``{op: backend}`` (the last).
+
+        with fasttx.backends.record_selections() as used:
+            model(src, tgt)
+        print(used)   # {"attention": "triton", "add_layer_norm": "triton", ...}
+    """
+    global _recorded
+    previous, _recorded = _recorded, {}
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous
 
 
 @contextlib.contextmanager

@@ -87,3 +87,13 @@ def test_compiled_function_follows_use_backend():
     if not fasttx.available_backends()["cuda"]:
         with fasttx.use_backend("cuda"), pytest.raises(Exception, match="cuda"):
             compiled(q, k, v)
+
+
+def test_record_selections_reports_the_backend_of_each_op():
+    q, k, v = attention_inputs(1, 1, 2, 2, 4)
+    with backends.record_selections() as used:
+        fasttx.scaled_dot_product_attention(q, k, v)
+        fasttx.add_layer_norm(torch.randn(2, 4), None, None, None, backend="reference")
+    assert used == {"attention": "reference", "add_layer_norm": "reference"}
+    fasttx.feed_forward(torch.randn(2, 4), torch.randn(3, 4), None, torch.randn(4, 3), None)
+    assert "feed_forward" not in used  # recording ends with the block
