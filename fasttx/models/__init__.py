@@ -1,0 +1,25 @@
+"""The bundled encoder-decoder Transformer ("Attention Is All You Need") and its demo task.
+
+    from fasttx.models import Seq2SeqTransformer, TransformerConfig
+    model = Seq2SeqTransformer(TransformerConfig.base(vocab_size=32000))
+"""
+
+from fasttx.models.config import PRESETS, TransformerConfig
+from fasttx.models.seq2seq import KVCache, Seq2SeqLoss, Seq2SeqTransformer
+from fasttx.models.tasks import Accuracy, CopyTask, evaluate_copy_task, sequence_accuracy
+from fasttx.models.train import TrainResult, noam_lr, train_copy_task
+
+__all__ = [
+    "PRESETS",
+    "Accuracy",
+    "CopyTask",
+    "KVCache",
+    "Seq2SeqLoss",
+    "Seq2SeqTransformer",
+    "TrainResult",
+    "TransformerConfig",
+    "evaluate_copy_task",
+    "noam_lr",
+    "sequence_accuracy",
+    "train_copy_task",
+]

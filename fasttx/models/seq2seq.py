@@ -1,0 +1,498 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need", on fasttx's fused ops.
+
+Every attention goes through :func:`fasttx.scaled_dot_product_attention`, every residual
+add & norm through :func:`fasttx.add_layer_norm` and every FFN through
+:func:`fasttx.feed_forward`, so ``with fasttx.use_backend(...)`` switches all kernels.
+
+    model = Seq2SeqTransformer(TransformerConfig.base(vocab_size=32000))
+    out = model.loss(src, tgt)          # src (B, Ls), tgt (B, Lt) = [bos] + tokens + [eos]
+    out.loss.backward()
+    tokens = model.generate(src, num_beams=4)   # (B, L): bos, tokens, eos, padding
+
+Residual blocks. Each sub-layer output ``out`` meets the residual stream ``s`` in one fused
+op, ``y, s' = add_layer_norm(out, s)`` with ``y = LN(s + dropout(out))`` and
+``s' = s + dropout(out)``. Post-norm (the paper) carries ``y`` on as the stream; pre-norm
+carries ``s'`` and feeds ``y`` to the next sub-layer, so the pre-norm of sub-layer k is
+fused with the add of sub-layer k-1. A pre-norm stack therefore has one extra norm in front
+(fused with the dropout on the embeddings), and its last norm is the final LayerNorm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fasttx.models.config import TransformerConfig
+from fasttx.nn.layers import AddLayerNorm, FeedForward
+from fasttx.ops import scaled_dot_product_attention
+
+__all__ = ["KVCache", "LayerCache", "Seq2SeqLoss", "Seq2SeqTransformer", "sinusoidal_positions"]
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) table: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(...)."""
+    position = torch.arange(length, dtype=torch.float64).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(1e4) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
+    return table.float()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class LayerCache:
+    """Key/value cache of one decoder layer.
+
+    key, value: (B, H, capacity, Dh) self-attention keys/values, allocated on first use;
+        positions [0, length) are filled, one step at a time.
+    cross_key, cross_value: (B, H, Ls, Dh) cross-attention keys/values of the encoder
+        output, computed once on the first step.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.key = self.value = self.cross_key = self.cross_value = None
+
+    def append(self, key: torch.Tensor, value: torch.Tensor):
+        """Writes key, value (B, H, n, Dh) at [length, length + n); returns the filled
+        prefix (B, H, length + n, Dh) of both."""
+        end = self.length + key.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} positions, decoding position "
+                             f"{end - 1} needs more (create it with a larger capacity)")
+        if self.key is None:
+            shape = (key.shape[0], key.shape[1], self.capacity, key.shape[3])
+            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
+        self.key[:, :, self.length:end] = key
+        self.value[:, :, self.length:end] = value
+        self.length = end
+        return self.key[:, :, :end], self.value[:, :, :end]
+
+
+class KVCache:
+    """Per-layer decoder caches for incremental decoding; ``length`` positions are cached."""
+
+    def __init__(self, num_layers: int, capacity: int):
+        self.layers = [LayerCache(capacity) for _ in range(num_layers)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    def reorder_beams(self, index: torch.Tensor) -> None:
+        """Row r continues the hypothesis of row ``index[r]`` (B*K,). The rows of ``index``
+        must come from the same source (beams of one sentence), so the cross-attention
+        keys/values, which depend on the source only, stay in place."""
+        for layer in self.layers:
+            if layer.key is not None:
+                layer.key = layer.key.index_select(0, index)
+                layer.value = layer.value.index_select(0, index)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class _Attention(nn.Module):
+    """Heads split/merge, the fused attention call and the output projection."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.dropout = config.attention_dropout
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def _split(self, x: torch.Tensor, parts: int):
+        """(B, L, parts * D) -> parts tensors (B, H, L, Dh) (views)."""
+        batch, length, _ = x.shape
+        x = x.view(batch, length, parts, self.num_heads, self.head_dim)
+        return x.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _attend(self, q, k, v, mask, is_causal):
+        """q (B, H, Lq, Dh), k/v (B, H, Lk, Dh) -> (B, Lq, D)."""
+        out = scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal)
+        batch, _, length, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class SelfAttention(_Attention):
+    """Multi-head self-attention with one fused (D -> 3D) input projection."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
+
+    def forward(self, x, mask=None, is_causal=False, cache: LayerCache | None = None):
+        """x (B, L, D); mask bool broadcastable to (B, H, L, Lk), True = may attend;
+        with ``cache`` the new keys/values are appended and all cached ones attended."""
+        q, k, v = self._split(self.qkv_proj(x), 3)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return self._attend(q, k, v, mask, is_causal)
+
+
+class CrossAttention(_Attention):
+    """Multi-head attention of the decoder over the encoder output (memory)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
+
+    def forward(self, x, memory, mask, cache: LayerCache | None = None):
+        """x (B, Lt, D), memory (B, Ls, D), mask (B, 1, 1, Ls) -> (B, Lt, D)."""
+        (q,) = self._split(self.q_proj(x), 1)
+        if cache is not None and cache.cross_key is not None:
+            k, v = cache.cross_key, cache.cross_value
+        else:
+            k, v = self._split(self.kv_proj(memory), 2)
+            if cache is not None:
+                cache.cross_key, cache.cross_value = k, v
+        return self._attend(q, k, v, mask, False)
+
+
+def _add_norm(norm: AddLayerNorm, out, stream, norm_first: bool):
+    """One residual block end: returns (input of the next sub-layer, new residual stream)."""
+    if norm_first:
+        return norm(out, stream, return_residual=True)
+    y = norm(out, stream)
+    return y, y
+
+
+class EncoderLayer(nn.Module):
+    """[self-attention -> add & norm -> FFN -> add & norm]."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        d, eps, p = config.d_model, config.layer_norm_eps, config.dropout
+        self.norm_first = config.norm_first
+        self.self_attn = SelfAttention(config)
+        self.norm1 = AddLayerNorm(d, eps, p)
+        self.ffn = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
+        self.norm2 = AddLayerNorm(d, eps, p)
+
+    def forward(self, x, stream, src_mask):
+        """x, stream (B, Ls, D) -> (x, stream) for the next layer."""
+        x, stream = _add_norm(self.norm1, self.self_attn(x, src_mask), stream, self.norm_first)
+        return _add_norm(self.norm2, self.ffn(x), stream, self.norm_first)
+
+
+class DecoderLayer(nn.Module):
+    """[masked self-attention -> add & norm -> cross-attention -> add & norm -> FFN ->
+    add & norm]."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        d, eps, p = config.d_model, config.layer_norm_eps, config.dropout
+        self.norm_first = config.norm_first
+        self.self_attn = SelfAttention(config)
+        self.norm1 = AddLayerNorm(d, eps, p)
+        self.cross_attn = CrossAttention(config)
+        self.norm2 = AddLayerNorm(d, eps, p)
+        self.ffn = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
+        self.norm3 = AddLayerNorm(d, eps, p)
+
+    def forward(self, x, stream, memory, src_mask, tgt_mask, is_causal, cache=None):
+        """x, stream (B, Lt, D); memory (B, Ls, D) -> (x, stream) for the next layer."""
+        out = self.self_attn(x, tgt_mask, is_causal, cache)
+        x, stream = _add_norm(self.norm1, out, stream, self.norm_first)
+        out = self.cross_attn(x, memory, src_mask, cache)
+        x, stream = _add_norm(self.norm2, out, stream, self.norm_first)
+        return _add_norm(self.norm3, self.ffn(x), stream, self.norm_first)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class Seq2SeqLoss:
+    """loss: label-smoothed cross-entropy, mean over the target tokens (differentiable);
+    nll: the plain negative log-likelihood per token (detached); num_tokens: non-pad targets."""
+
+    loss: torch.Tensor
+    nll: torch.Tensor
+    num_tokens: int
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Encoder-decoder Transformer; batch-first token ids (B, L), padded with ``pad_id``.
+
+    One embedding matrix (V, D) serves the source, the target and the output projection.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
+        self.config = config
+        d = config.d_model
+        self.embedding = nn.Embedding(config.vocab_size, d)
+        self.register_buffer("positions", sinusoidal_positions(config.max_len, d),
+                             persistent=False)
+        self.encoder = nn.ModuleList(EncoderLayer(config)
+                                     for _ in range(config.num_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(config)
+                                     for _ in range(config.num_decoder_layers))
+        # Pre-norm only: LayerNorm of the (dropped-out) embeddings in front of each stack.
+        self.encoder_input_norm = self.decoder_input_norm = None
+        if config.norm_first:
+            self.encoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, config.dropout)
+            self.decoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform projections (each D x D block of a fused projection on its own, as
+        if separate), zero biases, unit LayerNorms, and N(0, d_model^-0.5) embeddings: times
+        sqrt(d_model) they enter with unit scale, like the positions, and as the tied output
+        projection they give logits of unit scale from the normalised decoder output."""
+        fused = {id(m.qkv_proj) for m in self.modules() if isinstance(m, SelfAttention)} \
+            | {id(m.kv_proj) for m in self.modules() if isinstance(m, CrossAttention)}
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                rows = module.in_features if id(module) in fused else module.out_features
+                for block in module.weight.split(rows, dim=0):
+                    nn.init.xavier_uniform_(block)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, AddLayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embedding.weight, std=self.config.d_model ** -0.5)
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_tokens(self, name: str, tokens, offset: int = 0) -> None:
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of token ids, got "
+                            f"{type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must hold token ids as int64 or int32, got {tokens.dtype}")
+        if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(f"{name} must have shape (B, L) with B, L >= 1, got "
+                             f"{tuple(tokens.shape)}")
+        if offset + tokens.shape[1] > self.config.max_len:
+            raise ValueError(f"{name} reaches position {offset + tokens.shape[1]}, beyond "
+                             f"max_len={self.config.max_len}")
+        if not torch.compiler.is_compiling():
+            low, high = torch.stack(torch.aminmax(tokens)).tolist()  # one device sync
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"{name} holds token id {bad}, outside [0, vocab_size="
+                                 f"{self.config.vocab_size})")
+
+    # ------------------------------------------------------------------ stacks
+
+    def _embed(self, tokens, offset, input_norm):
+        """tokens (B, L) at positions offset.. -> (x, stream) (B, L, D) for the first layer."""
+        length = tokens.shape[1]
+        x = self.embedding(tokens) * math.sqrt(self.config.d_model) \
+            + self.positions[offset:offset + length]
+        if input_norm is not None:  # pre-norm: LN(dropout(x)), stream dropout(x)
+            return input_norm(x, None, return_residual=True)
+        x = F.dropout(x, self.config.dropout, self.training)
+        return x, x
+
+    def encode(self, src: torch.Tensor):
+        """src (B, Ls) -> memory (B, Ls, D) and src_mask bool (B, 1, 1, Ls), True = token."""
+        self._check_tokens("src", src)
+        return self._encode(src)
+
+    def decode(self, tgt, memory, src_mask, cache: KVCache | None = None):
+        """Next-token logits (B, Lt, V) for target tokens tgt (B, Lt).
+
+        Without a cache, tgt is the whole (teacher-forced) target: causal self-attention
+        with the target padding mask. With a cache, tgt holds the tokens after the
+        ``cache.length`` cached ones; their keys/values are appended to the cache.
+        Generation feeds no padding to unfinished rows, so no padding mask is applied then.
+        memory, src_mask: what :meth:`encode` returned.
+        """
+        self._check_tokens("tgt", tgt, 0 if cache is None else cache.length)
+        if not isinstance(memory, torch.Tensor) or memory.dim() != 3 \
+                or memory.shape[0] != tgt.shape[0] or memory.shape[2] != self.config.d_model:
+            shape = tuple(memory.shape) if isinstance(memory, torch.Tensor) else memory
+            raise ValueError(f"memory must have shape (B, Ls, d_model={self.config.d_model}) "
+                             f"with tgt's B = {tgt.shape[0]}, got {shape}")
+        return self._decode(tgt, memory, src_mask, cache)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """src (B, Ls), tgt_in (B, Lt) (bos + target, shifted right) -> logits (B, Lt, V)."""
+        self._check_pair(src, tgt_in, "tgt_in")
+        return self._decode(tgt_in, *self._encode(src))
+
+    def loss(self, src: torch.Tensor, tgt: torch.Tensor) -> Seq2SeqLoss:
+        """Teacher-forced label-smoothed cross-entropy of tgt (B, Lt) = [bos, y..., eos, pad...]
+        given src (B, Ls): inputs tgt[:, :-1], targets tgt[:, 1:], padding ignored.
+
+        Equals ``F.cross_entropy(logits, target, ignore_index=pad_id,
+        label_smoothing=config.label_smoothing)``.
+        """
+        self._check_pair(src, tgt, "tgt")
+        if tgt.shape[1] < 2:
+            raise ValueError(f"tgt must hold at least bos and one token, got shape "
+                             f"{tuple(tgt.shape)}")
+        logits = self._decode(tgt[:, :-1], *self._encode(src))
+        target = tgt[:, 1:]
+        keep = target != self.config.pad_id
+        log_probs = F.log_softmax(logits[keep], dim=-1,                        # (N, V)
+                                  dtype=torch.promote_types(logits.dtype, torch.float32))
+        nll = -log_probs.gather(1, target[keep].unsqueeze(1)).sum()
+        uniform = -log_probs.mean(dim=1).sum()  # cross-entropy with the uniform distribution
+        count = int(keep.sum())
+        eps = self.config.label_smoothing
+        loss = ((1.0 - eps) * nll + eps * uniform) / max(count, 1)
+        return Seq2SeqLoss(loss, nll.detach() / max(count, 1), count)
+
+    def _check_pair(self, src, tgt, tgt_name: str) -> None:
+        self._check_tokens("src", src)
+        self._check_tokens(tgt_name, tgt)
+        if src.shape[0] != tgt.shape[0]:
+            raise ValueError(f"src and {tgt_name} must have the same batch size, got "
+                             f"{src.shape[0]} and {tgt.shape[0]}")
+
+    def _encode(self, src):
+        src_mask = (src != self.config.pad_id)[:, None, None, :]
+        x, stream = self._embed(src, 0, self.encoder_input_norm)
+        for layer in self.encoder:
+            x, stream = layer(x, stream, src_mask)
+        return x, src_mask
+
+    def _decode(self, tgt, memory, src_mask, cache=None):
+        offset, length = (0 if cache is None else cache.length), tgt.shape[1]
+        if cache is None:
+            tgt_mask, is_causal = (tgt != self.config.pad_id)[:, None, None, :], True
+        elif length == 1:
+            tgt_mask, is_causal = None, False
+        else:  # is_causal is top-left aligned: spell out "key j <= offset + query i"
+            keys = torch.arange(offset + length, device=tgt.device)
+            queries = torch.arange(offset, offset + length, device=tgt.device)
+            tgt_mask, is_causal = keys[None, :] <= queries[:, None], False
+        x, stream = self._embed(tgt, offset, self.decoder_input_norm)
+        for i, layer in enumerate(self.decoder):
+            x, stream = layer(x, stream, memory, src_mask, tgt_mask, is_causal,
+                              None if cache is None else cache.layers[i])
+        return F.linear(x, self.embedding.weight)
+
+    # ------------------------------------------------------------------ generation
+
+    def _next_log_probs(self, tokens, memory, src_mask, cache):
+        """Log-probabilities (B, V) of the token after tokens (B, t); pad and bos (unless it
+        doubles as eos) are never chosen."""
+        config = self.config
+        new = tokens if cache is None else tokens[:, cache.length:]
+        logits = self._decode(new, memory, src_mask, cache)[:, -1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits[:, config.pad_id] = float("-inf")
+        if config.bos_id != config.eos_id:
+            logits[:, config.bos_id] = float("-inf")
+        return F.log_softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def generate(self, src: torch.Tensor, max_new_tokens: int | None = None, num_beams: int = 1,
+                 length_penalty: float = 0.6, use_cache: bool = True) -> torch.Tensor:
+        """Greedy (num_beams=1) or beam-search decoding of src (B, Ls), in eval mode.
+
+        Args:
+            max_new_tokens: tokens to generate at most after bos; default
+                min(Ls + 50, max_len - 1), as in the paper (input length + 50).
+            num_beams: beam width; beams rank by log P / ((5 + len) / 6) ** length_penalty
+                (GNMT), len counting the generated tokens up to eos.
+            use_cache: decode incrementally with the key/value cache (False re-decodes the
+                whole prefix each step: same tokens, slower).
+
+        Returns:
+            (B, L) token ids: bos, the generated tokens, eos, then pad_id.
+        """
+        config = self.config
+        self._check_tokens("src", src)
+        if max_new_tokens is None:
+            max_new_tokens = min(src.shape[1] + 50, config.max_len - 1)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+                or not 1 <= max_new_tokens < config.max_len:
+            raise ValueError(f"max_new_tokens must be an int in [1, max_len - 1 = "
+                             f"{config.max_len - 1}], got {max_new_tokens!r}")
+        if isinstance(num_beams, bool) or not isinstance(num_beams, int) \
+                or not 1 <= num_beams < config.vocab_size:
+            raise ValueError(f"num_beams must be an int in [1, vocab_size - 1 = "
+                             f"{config.vocab_size - 1}], got {num_beams!r}")
+        with _eval_mode(self):
+            memory, src_mask = self._encode(src)
+            if num_beams == 1:
+                tokens = self._greedy(memory, src_mask, max_new_tokens, use_cache)
+            else:
+                tokens = self._beam_search(memory, src_mask, max_new_tokens, num_beams,
+                                           float(length_penalty), use_cache)
+        return tokens
+
+    def _start(self, memory, rows, max_new_tokens, use_cache):
+        tokens = torch.full((rows, 1), self.config.bos_id, dtype=torch.long,
+                            device=memory.device)
+        cache = KVCache(len(self.decoder), 1 + max_new_tokens) if use_cache else None
+        return tokens, cache
+
+    def _greedy(self, memory, src_mask, max_new_tokens, use_cache):
+        tokens, cache = self._start(memory, memory.shape[0], max_new_tokens, use_cache)
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for _ in range(max_new_tokens):
+            log_probs = self._next_log_probs(tokens, memory, src_mask, cache)
+            token = log_probs.argmax(dim=-1).masked_fill(finished, self.config.pad_id)
+            tokens = torch.cat([tokens, token[:, None]], dim=1)
+            finished |= token == self.config.eos_id
+            if finished.all():
+                break
+        return tokens
+
+    def _beam_search(self, memory, src_mask, max_new_tokens, num_beams, alpha, use_cache):
+        """Finished beams stay in the beam with a frozen score and length, extended by pad."""
+        batch, beams, vocab = memory.shape[0], num_beams, self.config.vocab_size
+        memory = memory.repeat_interleave(beams, dim=0)        # (B*K, Ls, D)
+        src_mask = src_mask.repeat_interleave(beams, dim=0)
+        tokens, cache = self._start(memory, batch * beams, max_new_tokens, use_cache)
+        device = tokens.device
+        scores = torch.zeros(batch, beams, device=device)      # sum of log-probs
+        scores[:, 1:] = float("-inf")                           # all beams start equal: keep one
+        scores = scores.view(-1)
+        lengths = torch.zeros(batch * beams, dtype=torch.long, device=device)
+        finished = torch.zeros(batch * beams, dtype=torch.bool, device=device)
+        only_pad = torch.full((vocab,), float("-inf"), device=device)
+        only_pad[self.config.pad_id] = 0.0
+        first_beam = torch.arange(batch, device=device).unsqueeze(1) * beams
+        for _ in range(max_new_tokens):
+            log_probs = self._next_log_probs(tokens, memory, src_mask, cache)
+            log_probs = torch.where(finished[:, None], only_pad.to(log_probs.dtype), log_probs)
+            total = scores.to(log_probs.dtype)[:, None] + log_probs        # (B*K, V)
+            new_lengths = lengths + (~finished).long()
+            penalty = ((5.0 + new_lengths) / 6.0) ** alpha
+            ranked = (total / penalty[:, None]).view(batch, beams * vocab)
+            top = ranked.topk(beams, dim=1).indices                        # (B, K), best first
+            index = (first_beam + top // vocab).view(-1)                   # source row per beam
+            token = (top % vocab).view(-1)
+            scores = total.view(batch, -1).gather(1, top).view(-1)
+            lengths = new_lengths[index]
+            finished = finished[index] | (token == self.config.eos_id)
+            tokens = torch.cat([tokens[index], token[:, None]], dim=1)
+            if cache is not None:
+                cache.reorder_beams(index)
+            if finished.all():
+                break
+        best = tokens.view(batch, beams, -1)[:, 0]
+        used = int((best != self.config.pad_id).any(dim=0).nonzero().max()) + 1
+        return best[:, :used]
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """Puts ``module`` in eval mode for the block and restores its training flag after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
