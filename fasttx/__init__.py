@@ -11,7 +11,7 @@ sets the default for a block and ``fasttx.available_backends()`` says what this 
 can run. Modules live in ``fasttx.nn``, the bundled model in ``fasttx.models``.
 """
 
-from fasttx import random
+from fasttx import random  # noqa: I001 - the ops must be registered before nn and models
 from fasttx.backends import (
     BackendUnavailableError,
     available_backends,
@@ -19,6 +19,7 @@ from fasttx.backends import (
     use_backend,
 )
 from fasttx.ops import add_layer_norm, feed_forward, scaled_dot_product_attention, varlen_attention
+from fasttx import models, nn
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,8 @@ __all__ = [
     "available_backends",
     "current_backend",
     "feed_forward",
+    "models",
+    "nn",
     "random",
     "scaled_dot_product_attention",
     "use_backend",
