@@ -31,7 +31,8 @@ class AddLayerNorm(nn.Module):
         self.eps = eps
         self.dropout = dropout
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.ones(normalized_shape, **factory)) if elementwise_affine else None
+        self.weight = (nn.Parameter(torch.ones(normalized_shape, **factory))
+                       if elementwise_affine else None)
         self.bias = (nn.Parameter(torch.zeros(normalized_shape, **factory))
                      if elementwise_affine and bias else None)
 

@@ -107,7 +107,7 @@ def _check_inputs(query, key, value, attn_mask, enable_gqa):
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, *, backend=None):
-    """Fused masked attention with the contract of ``torch.nn.functional.scaled_dot_product_attention``.
+    """Fused masked attention, with the contract of ``F.scaled_dot_product_attention``.
 
     Args:
         query: (N..., H, Lq, E).

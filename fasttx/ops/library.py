@@ -9,8 +9,8 @@ The op modules (``fasttx/ops/<op>.py``) implement them by forwarding to
 autograd formula, which calls the backward op.
 
 Optional outputs can't be ``None`` in a custom op's schema: a backward op returns an
-empty tensor of shape (0,) (a new one each
-time: outputs may not alias) for a gradient nobody asked for, and the autograd formula maps it to None.
+empty tensor of shape (0,) (a new one each time: outputs may not alias) for a gradient
+nobody asked for, and the autograd formula maps it to None.
 """
 
 from __future__ import annotations

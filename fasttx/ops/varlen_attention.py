@@ -73,7 +73,7 @@ def _check_cu_seqlens(name, cu_seqlens, total, max_seqlen, max_name):
     if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
         return
     starts = cu_seqlens.tolist()
-    lengths = [b - a for a, b in zip(starts, starts[1:])]
+    lengths = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     if starts[0] != 0 or min(lengths) < 0 or starts[-1] != total:
         raise ValueError(f"{name} must rise from 0 to the number of packed rows ({total}), "
                          f"got {starts}")
@@ -108,7 +108,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     total_q, heads, dim = q.shape
     total_k, kv_heads, _ = k.shape
     _checks.shape("k", k, (total_k, kv_heads, dim), "(total_k, Hk, E) with q's E")
-    _checks.shape("v", v, (total_k, kv_heads, v.shape[-1]), "(total_k, Hk, Ev) with k's total_k, Hk")
+    _checks.shape("v", v, (total_k, kv_heads, v.shape[-1]),
+                  "(total_k, Hk, Ev) with k's total_k and Hk")
     if heads % kv_heads:
         raise ValueError(f"k's heads ({kv_heads}) must divide q's heads ({heads})")
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "max_seqlen_q")

@@ -3,7 +3,7 @@
 Shapes: x, residual (N, D) (rows flattened by the functional API); weight, bias (D,) or None.
 
 Forward, step by step (statistics in fp32, fp64 for fp64 inputs):
-    s = residual + dropout(x)            dropout(x) = x * keep / (1 - p); s = dropout(x) without residual
+    s = residual + dropout(x)       dropout(x) = x * keep / (1 - p); no residual: s = dropout(x)
     mean = s.mean(-1); rstd = 1 / sqrt(s.var(-1, unbiased=False) + eps)
     y = (s - mean) * rstd * weight + bias
 

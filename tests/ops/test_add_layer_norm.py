@@ -38,7 +38,7 @@ def test_matches_torch_in_float64(shape, with_residual, affine):
     inputs = [t for t in (x, residual, weight, bias) if t is not None]
     got = torch.autograd.grad((y, s), inputs, (grad_y, grad_s))
     want = torch.autograd.grad((y_ref, s_ref), inputs, (grad_y, grad_s))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
@@ -49,7 +49,7 @@ def test_without_return_residual_gradients_match():
     y = fasttx.add_layer_norm(x, residual, weight, None)
     y_ref, _ = torch_add_layer_norm(x, residual, weight, None, 1e-5)
     for g, w in zip(torch.autograd.grad(y.sum(), (x, residual, weight)),
-                    torch.autograd.grad(y_ref.sum(), (x, residual, weight))):
+                    torch.autograd.grad(y_ref.sum(), (x, residual, weight)), strict=True):
         torch.testing.assert_close(g, w)
 
 
@@ -88,7 +88,7 @@ def test_dropout_mask_is_recoverable_and_scaled():
     assert torch.equal((s - residual)[~keep], torch.zeros_like(x[~keep]))
     assert abs(1 - keep.double().mean().item() - p) < 0.03
     for g, w in zip(torch.autograd.grad(y.sum(), (x, residual)),
-                    torch.autograd.grad(y_ref.sum(), (x, residual))):
+                    torch.autograd.grad(y_ref.sum(), (x, residual)), strict=True):
         torch.testing.assert_close(g, w)
 
 

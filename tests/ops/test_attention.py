@@ -67,7 +67,7 @@ def test_matches_torch_in_float64(shape, mask_kind):
     inputs = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
     grads = torch.autograd.grad(out, inputs, grad)
     expected_grads = torch.autograd.grad(expected, inputs, grad)
-    for name, got, want in zip(["dq", "dk", "dv", "dmask"], grads, expected_grads):
+    for name, got, want in zip(["dq", "dk", "dv", "dmask"], grads, expected_grads, strict=False):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=name)
 
 
@@ -146,7 +146,7 @@ def test_dropout_uses_the_recoverable_philox_mask():
     assert abs(1 - keep.double().mean().item() - p) < 0.05
     grad = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out, (q, k, v), grad),
-                         torch.autograd.grad(expected, (q, k, v), grad)):
+                         torch.autograd.grad(expected, (q, k, v), grad), strict=True):
         torch.testing.assert_close(got, want)
 
 

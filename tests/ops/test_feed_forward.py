@@ -45,7 +45,7 @@ def test_matches_torch_in_float64(rows, dim, hidden, dim_out, activation, bias):
     grad = torch.randn_like(y)
     inputs = [x] + [w for w in weights if w is not None]
     for g, w in zip(torch.autograd.grad(y, inputs, grad),
-                    torch.autograd.grad(expected, inputs, grad)):
+                    torch.autograd.grad(expected, inputs, grad), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
@@ -80,7 +80,7 @@ def test_dropout_mask_is_recoverable():
     torch.testing.assert_close(y, expected)
     inputs = [x, *weights]
     for g, w in zip(torch.autograd.grad(y.sum(), inputs),
-                    torch.autograd.grad(expected.sum(), inputs)):
+                    torch.autograd.grad(expected.sum(), inputs), strict=True):
         torch.testing.assert_close(g, w)
 
 

@@ -18,7 +18,7 @@ def pack(lengths, heads, dim, seed, dtype=torch.float64):
 def pad(packed, cu_seqlens, max_len):
     """(total, H, E) -> (B, H, max_len, E) with zeros after each sequence."""
     starts = cu_seqlens.tolist()
-    rows = [packed[a:b] for a, b in zip(starts, starts[1:])]
+    rows = [packed[a:b] for a, b in zip(starts, starts[1:], strict=False)]
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
     padded = torch.nn.functional.pad(padded, (0, 0, 0, 0, 0, max_len - padded.shape[1]))
     return padded.transpose(1, 2)
@@ -57,7 +57,7 @@ def test_packed_equals_padded(lengths_q, lengths_k, heads, kv_heads, dim, is_cau
     torch.testing.assert_close(out, expected)
     grad = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out, (q, k, v), grad),
-                         torch.autograd.grad(expected, (q, k, v), grad)):
+                         torch.autograd.grad(expected, (q, k, v), grad), strict=True):
         torch.testing.assert_close(got, want)
 
 
