@@ -34,10 +34,10 @@ def cuda_extension_reason():
         return "torch is not importable at build time (use pip install --no-build-isolation)"
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is not a CUDA build"
-    if CUDA_HOME is None or shutil.which("nvcc") is None and not os.path.exists(
-        os.path.join(CUDA_HOME, "bin", "nvcc")
-    ):
-        return "nvcc was not found (set CUDA_HOME)"
+    if CUDA_HOME is None:
+        return "no CUDA toolkit was found (set CUDA_HOME)"
+    if shutil.which("nvcc") is None and not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return f"nvcc is neither on PATH nor in {CUDA_HOME}/bin"
     return None
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fasttx import random as philox
-from fasttx.testing import requires_triton
+from fasttx.testing import gpu, requires_triton
 
 
 def test_draw_seed_follows_manual_seed():
@@ -58,3 +58,11 @@ def test_matches_tritons_tl_rand_bit_for_bit():
         rand_kernel[(triton.cdiv(n, 512),)](seed, out, n, base, BLOCK=512)
         expected = philox.uniform(seed, torch.arange(n, device=device) + base)
         assert torch.equal(out, expected), (seed_value, base)
+
+
+@gpu
+def test_cuda_stream_equals_cpu_stream():
+    seed = philox.draw_seed("cuda")
+    counter = torch.arange(10_000) + 2**33
+    on_gpu = philox.uniform(seed, counter.cuda())
+    assert torch.equal(on_gpu.cpu(), philox.uniform(seed.cpu(), counter))

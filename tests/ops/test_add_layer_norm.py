@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import fasttx
 from fasttx import random as philox
-from fasttx.testing import assert_within_budget, random_tensor
+from fasttx.testing import assert_within_budget, gpu, random_tensor
 
 SHAPES = [(1, 1), (7, 5), (3, 97, 33), (1000, 12), (2, 4099)]
 
@@ -125,3 +125,15 @@ def test_bad_inputs_name_the_argument(change, error, word):
     args.update(change)
     with pytest.raises(error, match=word):
         fasttx.add_layer_norm(**args)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reference_on_gpu_within_budget(dtype):
+    x, residual = (random_tensor(4099, 1000, dtype=dtype, device="cuda", seed=i, scale=2.0)
+                   for i in range(2))
+    weight, bias = (random_tensor(1000, dtype=dtype, device="cuda", seed=i) for i in (3, 4))
+    y = fasttx.add_layer_norm(x, residual, weight, bias, backend="reference")
+    expected, _ = torch_add_layer_norm(*(t.double() for t in (x, residual, weight, bias)), 1e-5)
+    baseline, _ = torch_add_layer_norm(x, residual, weight, bias, 1e-5)
+    assert_within_budget(y, expected, baseline)

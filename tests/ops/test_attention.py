@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 import fasttx
 from fasttx import random as philox
-from fasttx.testing import assert_within_budget, attention_inputs, key_padding_mask, random_tensor
+from fasttx.testing import (
+    assert_within_budget,
+    attention_inputs,
+    gpu,
+    key_padding_mask,
+    random_tensor,
+)
 
 # (batch, heads, kv_heads, len_q, len_k, head_dim, value_dim): odd sizes, Lq = 1, Lq != Lk,
 # head dims that are not powers of two, GQA and MQA.
@@ -40,7 +46,7 @@ def make_mask(kind, batch, heads, len_q, len_k, seed=0):
 def torch_sdpa(q, k, v, mask, is_causal, **kwargs):
     """torch's SDPA, with mask + causal folded into one mask (older torch rejects both)."""
     if mask is not None and is_causal:
-        allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         mask = mask & allowed if mask.dtype == torch.bool else mask.masked_fill(~allowed, -math.inf)
         is_causal = False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -240,3 +246,26 @@ def test_random_shapes_match_torch(batch, kv_heads, groups, len_q, len_k, dim, v
     out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               enable_gqa=True)
     torch.testing.assert_close(out, torch_sdpa(q, k, v, mask, causal), rtol=1e-10, atol=1e-12)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mask_kind", ["none", "key_padding", "bool+causal"])
+def test_reference_on_gpu_within_budget(dtype, mask_kind):
+    q, k, v = attention_inputs(4, 8, 257, 513, 80, kv_heads=4, dtype=dtype, device="cuda",
+                               requires_grad=True, seed=12)
+    mask = make_mask(mask_kind, 4, 8, 257, 513)
+    mask = None if mask is None else mask.cuda()
+    causal = mask_kind.endswith("causal")
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              enable_gqa=True, backend="reference")
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = torch_sdpa(q64, k64, v64, mask, causal)
+    baseline = torch_sdpa(q, k, v, mask, causal)
+    assert_within_budget(out, expected, baseline, factor=2.0)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(expected, (q64, k64, v64), grad.double())
+    base = torch.autograd.grad(baseline, (q, k, v), grad)
+    for name, g, w, b in zip(("dq", "dk", "dv"), got, want, base, strict=True):
+        assert_within_budget(g, w, b, factor=3.0, name=name)

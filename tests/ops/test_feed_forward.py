@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import fasttx
 from fasttx import random as philox
-from fasttx.testing import assert_within_budget, random_tensor
+from fasttx.testing import assert_within_budget, gpu, random_tensor
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -124,3 +124,14 @@ def test_bad_inputs_name_the_argument(change, error, word):
     args.update(change)
     with pytest.raises(error, match=word):
         fasttx.feed_forward(**args)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reference_on_gpu_within_budget(dtype):
+    x = random_tensor(1000, 200, dtype=dtype, device="cuda", seed=5)
+    weights = [w.cuda() for w in make_weights(200, 130, 200, dtype)]
+    y = fasttx.feed_forward(x, *weights, activation="gelu_tanh", backend="reference")
+    expected = torch_feed_forward(x.double(), *(w.double() for w in weights), "gelu_tanh")
+    baseline = torch_feed_forward(x, *weights, "gelu_tanh")
+    assert_within_budget(y, expected, baseline)
