@@ -176,9 +176,9 @@ class EncoderLayer(nn.Module):
         d, eps, p = config.d_model, config.layer_norm_eps, config.dropout
         self.norm_first = config.norm_first
         self.self_attn = SelfAttention(config)
-        self.norm1 = AddLayerNorm(d, eps, p)
+        self.norm1 = AddLayerNorm(d, eps, dropout=p)
         self.ffn = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
-        self.norm2 = AddLayerNorm(d, eps, p)
+        self.norm2 = AddLayerNorm(d, eps, dropout=p)
 
     def forward(self, x, stream, src_mask):
         """x, stream (B, Ls, D) -> (x, stream) for the next layer."""
@@ -195,11 +195,11 @@ class DecoderLayer(nn.Module):
         d, eps, p = config.d_model, config.layer_norm_eps, config.dropout
         self.norm_first = config.norm_first
         self.self_attn = SelfAttention(config)
-        self.norm1 = AddLayerNorm(d, eps, p)
+        self.norm1 = AddLayerNorm(d, eps, dropout=p)
         self.cross_attn = CrossAttention(config)
-        self.norm2 = AddLayerNorm(d, eps, p)
+        self.norm2 = AddLayerNorm(d, eps, dropout=p)
         self.ffn = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
-        self.norm3 = AddLayerNorm(d, eps, p)
+        self.norm3 = AddLayerNorm(d, eps, dropout=p)
 
     def forward(self, x, stream, memory, src_mask, tgt_mask, is_causal, cache=None):
         """x, stream (B, Lt, D); memory (B, Ls, D) -> (x, stream) for the next layer."""
@@ -245,8 +245,8 @@ class Seq2SeqTransformer(nn.Module):
         # Pre-norm only: LayerNorm of the (dropped-out) embeddings in front of each stack.
         self.encoder_input_norm = self.decoder_input_norm = None
         if config.norm_first:
-            self.encoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, config.dropout)
-            self.decoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, config.dropout)
+            self.encoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, dropout=config.dropout)
+            self.decoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, dropout=config.dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

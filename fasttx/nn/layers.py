@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fasttx import _checks
 from fasttx.ops.add_layer_norm import add_layer_norm
 from fasttx.ops.feed_forward import ACTIVATIONS, feed_forward
 
@@ -12,15 +13,17 @@ from fasttx.ops.feed_forward import ACTIVATIONS, feed_forward
 class AddLayerNorm(nn.Module):
     """``LayerNorm(residual + Dropout(x))`` in one fused op.
 
-    Parameters ``weight`` and ``bias`` (D,) have nn.LayerNorm's names, so a LayerNorm's
-    state_dict loads as is. Dropout is applied in training mode only.
+    Takes ``nn.LayerNorm``'s arguments in its order (``normalized_shape`` must be the last
+    dimension), plus the keyword ``dropout``; parameters ``weight`` and ``bias`` (D,) have
+    nn.LayerNorm's names, so a LayerNorm's state_dict loads as is. Dropout (on x) is
+    applied in training mode only.
 
     forward(x, residual=None, return_residual=False):
         x, residual (..., D) -> y (..., D), or (y, s) with s = residual + dropout(x).
     """
 
-    def __init__(self, normalized_shape: int, eps: float = 1e-5, dropout: float = 0.0,
-                 elementwise_affine: bool = True, bias: bool = True, device=None, dtype=None):
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, device=None, dtype=None, *, dropout: float = 0.0):
         super().__init__()
         if isinstance(normalized_shape, (tuple, list, torch.Size)):
             if len(normalized_shape) != 1:
@@ -28,8 +31,8 @@ class AddLayerNorm(nn.Module):
                                  f"normalized_shape must be an int, got {normalized_shape}")
             normalized_shape = normalized_shape[0]
         self.normalized_shape = (int(normalized_shape),)
-        self.eps = eps
-        self.dropout = dropout
+        self.eps = _checks.positive("eps", eps)
+        self.dropout = _checks.probability("dropout", dropout)
         factory = {"device": device, "dtype": dtype}
         self.weight = (nn.Parameter(torch.ones(normalized_shape, **factory))
                        if elementwise_affine else None)
@@ -57,11 +60,10 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float = 0.0,
                  activation: str = "relu", bias: bool = True, device=None, dtype=None):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        _checks.choice("activation", activation, ACTIVATIONS)
         self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias, device=device, dtype=dtype)
         self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias, device=device, dtype=dtype)
-        self.dropout = dropout
+        self.dropout = _checks.probability("dropout", dropout)
         self.activation = activation
 
     def forward(self, x):
