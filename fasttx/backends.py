@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import operator
 import os
 from collections.abc import Iterator
 from types import ModuleType
@@ -41,6 +42,8 @@ AUTO_ORDER = ("cuda", "triton", "reference")
 _PACKAGES = {"reference": "fasttx.reference", "triton": "fasttx.triton", "cuda": "fasttx.cuda"}
 
 _active_backend = "auto"
+# Input properties that are already constants; any other property is a size (an int).
+_CONSTANT_TYPES = (bool, str, torch.dtype, type(None))
 _recorded: dict[str, str] | None = None
 
 
@@ -85,9 +88,12 @@ def _backend_reason(name: str) -> str | None:
 @functools.cache
 def _op_module(name: str, op: str) -> ModuleType | str:
     """The backend's module for ``op``, or the reason it has none."""
+    module_name = f"{_PACKAGES[name]}.{op}"
     try:
-        return importlib.import_module(f"{_PACKAGES[name]}.{op}")
-    except ModuleNotFoundError:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name not in (module_name, _PACKAGES[name]):  # it exists, needs something else
+            return f"the {name} backend's {op} kernels do not import ({error})"
         return f"the {name} backend has no kernel for {op} in this version of fasttx"
 
 
@@ -121,7 +127,12 @@ def select_backend(op: str, device: torch.device, requested: str | None, **prope
     Reading the active backend here (in traced code) makes torch.compile guard on it.
     """
     name = _active_backend if requested is None else requested
-    chosen = _resolve(op, device, name, tuple(sorted(properties.items())))
+    # Under torch.compile with dynamic shapes, sizes arrive symbolic: the choice of kernel
+    # may depend on them (a head dim), so the graph specialises on their values
+    # (operator.index makes dynamo guard on the value; int() would keep it symbolic).
+    concrete = tuple((key, value if isinstance(value, _CONSTANT_TYPES) else operator.index(value))
+                     for key, value in properties.items())
+    chosen = _resolve(op, device, name, concrete)
     if _recorded is not None:
         _recorded[op] = chosen
     return chosen

@@ -7,13 +7,13 @@ import torch
 from fasttx import _checks
 from fasttx import random as philox
 from fasttx.backends import op_module, select_backend
-from fasttx.ops.library import define, none_if_empty
+from fasttx.ops.library import contiguous, define, dense_like, none_if_empty
 
 
 @define("add_layer_norm_forward")
 def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout_p, backend):
-    return op_module(backend, "add_layer_norm").add_layer_norm_forward(
-        x, residual, weight, bias, eps, dropout_seed, dropout_p)
+    return contiguous(op_module(backend, "add_layer_norm").add_layer_norm_forward(
+        x, residual, weight, bias, eps, dropout_seed, dropout_p))
 
 
 @add_layer_norm_forward.register_fake
@@ -21,25 +21,25 @@ def _(x, residual, weight, bias, eps, dropout_seed, dropout_p, backend):
     stats_dtype = torch.promote_types(x.dtype, torch.float32)
     stream_dtype = x.dtype if residual is None else residual.dtype
     rows = x.shape[0]
-    return (torch.empty_like(x), torch.empty_like(x, dtype=stream_dtype),
+    return (dense_like(x), dense_like(x, stream_dtype),
             x.new_empty(rows, dtype=stats_dtype), x.new_empty(rows, dtype=stats_dtype))
 
 
 @define("add_layer_norm_backward")
 def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bias, mean, rstd,
                             dropout_seed, dropout_p, has_residual, backend):
-    return op_module(backend, "add_layer_norm").add_layer_norm_backward(
+    return contiguous(op_module(backend, "add_layer_norm").add_layer_norm_backward(
         grad_y, grad_residual_out, residual_out, weight, bias, mean, rstd, dropout_seed,
-        dropout_p, has_residual)
+        dropout_p, has_residual))
 
 
 @add_layer_norm_backward.register_fake
 def _(grad_y, grad_residual_out, residual_out, weight, bias, mean, rstd, dropout_seed,
       dropout_p, has_residual, backend):
-    return (torch.empty_like(grad_y),
-            torch.empty_like(residual_out) if has_residual else grad_y.new_empty((0,)),
-            torch.empty_like(weight) if weight is not None else grad_y.new_empty((0,)),
-            torch.empty_like(bias) if bias is not None else grad_y.new_empty((0,)))
+    return (dense_like(grad_y),
+            dense_like(residual_out) if has_residual else grad_y.new_empty((0,)),
+            dense_like(weight) if weight is not None else grad_y.new_empty((0,)),
+            dense_like(bias) if bias is not None else grad_y.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):

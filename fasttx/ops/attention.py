@@ -15,13 +15,13 @@ import torch
 from fasttx import _checks
 from fasttx import random as philox
 from fasttx.backends import op_module, select_backend
-from fasttx.ops.library import define, none_if_empty
+from fasttx.ops.library import contiguous, define, dense_like, none_if_empty
 
 
 @define("attention_forward")
 def attention_forward(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale, backend):
-    return op_module(backend, "attention").attention_forward(
-        q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale)
+    return contiguous(op_module(backend, "attention").attention_forward(
+        q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale))
 
 
 @attention_forward.register_fake
@@ -35,16 +35,16 @@ def _(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale, backend):
 @define("attention_backward")
 def attention_backward(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p,
                        is_causal, scale, mask_needs_grad, backend):
-    return op_module(backend, "attention").attention_backward(
+    return contiguous(op_module(backend, "attention").attention_backward(
         grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p, is_causal, scale,
-        mask_needs_grad)
+        mask_needs_grad))
 
 
 @attention_backward.register_fake
 def _(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p, is_causal, scale,
       mask_needs_grad, backend):
-    grad_mask = torch.empty_like(attn_mask) if mask_needs_grad else q.new_empty((0,))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_mask
+    grad_mask = dense_like(attn_mask) if mask_needs_grad else q.new_empty((0,))
+    return dense_like(q), dense_like(k), dense_like(v), grad_mask
 
 
 def _setup_context(ctx, inputs, output):
@@ -86,6 +86,7 @@ def _check_inputs(query, key, value, attn_mask, enable_gqa):
                   "(N..., Hk, Lk, Ev) with key's N..., Hk and Lk")
     _checks.nonempty("query", query, range(query.dim() - 3, query.dim()))
     _checks.nonempty("key", key, range(key.dim() - 3, key.dim()))
+    _checks.nonempty("value", value, (value.dim() - 1,))
     if kv_heads != heads:
         if not enable_gqa:
             raise ValueError(f"key and value must have query's {heads} heads, got {kv_heads} "
@@ -130,15 +131,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     Steps: scores = q k^T * scale, masks applied (-inf where not allowed), softmax in fp32,
     dropout from a Philox seed drawn from torch's generator (``fasttx.random``), out = P v.
     """
-    full = _check_inputs(query, key, value, attn_mask, enable_gqa)
+    full = _check_inputs(query, key, value, attn_mask, _checks.flag("enable_gqa", enable_gqa))
     dropout_p = _checks.probability("dropout_p", dropout_p)
+    is_causal = _checks.flag("is_causal", is_causal)
+    scale = _checks.optional_number("scale", scale)
     *batch, heads, len_q, len_k = full
     dim = query.shape[-1]
-    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
 
-    cast = _checks.autocast_dtype(query.device)
-    if cast is not None:
-        query, key, value = query.to(cast), key.to(cast), value.to(cast)
+    query, key, value = _checks.autocast(query.device, query, key, value)
     q = query.reshape(-1, heads, len_q, dim)
     k = key.reshape(-1, *key.shape[-3:])
     v = value.reshape(-1, *value.shape[-3:])
@@ -151,5 +152,5 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         "attention", q.device, backend, dtype=q.dtype, head_dim=dim, value_head_dim=v.shape[-1],
         mask_dtype=None if mask is None else mask.dtype,
         mask_needs_grad=mask is not None and mask.requires_grad)
-    out, _ = attention_forward(q, k, v, mask, seed, dropout_p, bool(is_causal), scale, name)
+    out, _ = attention_forward(q, k, v, mask, seed, dropout_p, is_causal, scale, name)
     return out.reshape(*batch, heads, len_q, value.shape[-1])

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-
 from fasttx import _checks
 from fasttx import random as philox
 from fasttx.backends import op_module, select_backend
-from fasttx.ops.library import define, none_if_empty
-
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+from fasttx.ops.library import ACTIVATIONS, contiguous, define, dense_like, none_if_empty
 
 
 @define("feed_forward_forward")
 def feed_forward_forward(x, w1, b1, w2, b2, activation, dropout_seed, dropout_p, backend):
-    return op_module(backend, "feed_forward").feed_forward_forward(
-        x, w1, b1, w2, b2, activation, dropout_seed, dropout_p)
+    return contiguous(op_module(backend, "feed_forward").feed_forward_forward(
+        x, w1, b1, w2, b2, activation, dropout_seed, dropout_p))
 
 
 @feed_forward_forward.register_fake
@@ -26,15 +22,15 @@ def _(x, w1, b1, w2, b2, activation, dropout_seed, dropout_p, backend):
 @define("feed_forward_backward")
 def feed_forward_backward(grad_y, x, w1, b1, w2, b2, preactivation, activation, dropout_seed,
                           dropout_p, backend):
-    return op_module(backend, "feed_forward").feed_forward_backward(
-        grad_y, x, w1, b1, w2, b2, preactivation, activation, dropout_seed, dropout_p)
+    return contiguous(op_module(backend, "feed_forward").feed_forward_backward(
+        grad_y, x, w1, b1, w2, b2, preactivation, activation, dropout_seed, dropout_p))
 
 
 @feed_forward_backward.register_fake
 def _(grad_y, x, w1, b1, w2, b2, preactivation, activation, dropout_seed, dropout_p, backend):
-    return (torch.empty_like(x), torch.empty_like(w1),
-            torch.empty_like(b1) if b1 is not None else x.new_empty((0,)), torch.empty_like(w2),
-            torch.empty_like(b2) if b2 is not None else x.new_empty((0,)))
+    return (dense_like(x), dense_like(w1),
+            dense_like(b1) if b1 is not None else x.new_empty((0,)), dense_like(w2),
+            dense_like(b2) if b2 is not None else x.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -92,10 +88,7 @@ def feed_forward(x, w1, b1, w2, b2, *, activation="relu", dropout_p=0.0, backend
     _checks.nonempty("x", x, (x.dim() - 1,))
     _checks.nonempty("w1", w1, (0,))
     _checks.nonempty("w2", w2, (0,))
-    cast = _checks.autocast_dtype(device)
-    if cast is not None:
-        x, w1, w2 = x.to(cast), w1.to(cast), w2.to(cast)
-        b1, b2 = (None if b is None else b.to(cast) for b in (b1, b2))
+    x, w1, b1, w2, b2 = _checks.autocast(device, x, w1, b1, w2, b2)
     _checks.same_dtype(x=x, w1=w1, b1=b1, w2=w2, b2=b2)
 
     rows = x.reshape(-1, dim)

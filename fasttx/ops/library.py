@@ -8,6 +8,9 @@ The op modules (``fasttx/ops/<op>.py``) implement them by forwarding to
 ``torch.compile(fullgraph=True)`` traces through them, and register the forward's
 autograd formula, which calls the backward op.
 
+Every output is contiguous: the fakes say so, and the implementations enforce it
+(:func:`contiguous`), so a backend handed strided views can't disagree with the fakes.
+
 Optional outputs can't be ``None`` in a custom op's schema: a backward op returns an
 empty tensor of shape (0,) (a new one each time: outputs may not alias) for a gradient
 nobody asked for, and the autograd formula maps it to None.
@@ -18,6 +21,9 @@ from __future__ import annotations
 import torch
 
 LIBRARY = "fasttx"
+
+#: The feed-forward activations every backend implements (the ``activation`` argument).
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
 SCHEMAS = {
     # q (B, H, Lq, E), k (B, Hk, Lk, E), v (B, Hk, Lk, Ev), attn_mask (B, H, Lq, Lk)
@@ -81,3 +87,13 @@ def define(name: str):
 
 def none_if_empty(tensor: torch.Tensor) -> torch.Tensor | None:
     return None if tensor.numel() == 0 and tensor.dim() == 1 else tensor
+
+
+def contiguous(outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The backend's outputs, each made contiguous (a no-op for the usual case)."""
+    return tuple(t.contiguous() for t in outputs)
+
+
+def dense_like(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A fake output: contiguous, with ``tensor``'s shape (not its strides)."""
+    return tensor.new_empty(tensor.shape, dtype=tensor.dtype if dtype is None else dtype)

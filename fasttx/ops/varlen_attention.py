@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from fasttx import _checks
 from fasttx import random as philox
 from fasttx.backends import op_module, select_backend
-from fasttx.ops.library import define
+from fasttx.ops.library import contiguous, define, dense_like
 
 
 @define("varlen_attention_forward")
 def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                              dropout_seed, dropout_p, is_causal, scale, backend):
-    return op_module(backend, "varlen_attention").varlen_attention_forward(
+    return contiguous(op_module(backend, "varlen_attention").varlen_attention_forward(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_seed,
-        dropout_p, is_causal, scale)
+        dropout_p, is_causal, scale))
 
 
 @varlen_attention_forward.register_fake
@@ -32,14 +33,14 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_s
 def varlen_attention_backward(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, out, lse, dropout_seed, dropout_p, is_causal, scale,
                               backend):
-    return op_module(backend, "varlen_attention").varlen_attention_backward(
+    return contiguous(op_module(backend, "varlen_attention").varlen_attention_backward(
         grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out, lse,
-        dropout_seed, dropout_p, is_causal, scale)
+        dropout_seed, dropout_p, is_causal, scale))
 
 
 @varlen_attention_backward.register_fake
 def _(grad_out, q, k, v, *args):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return dense_like(q), dense_like(k), dense_like(v)
 
 
 def _setup_context(ctx, inputs, output):
@@ -68,7 +69,9 @@ def _check_cu_seqlens(name, cu_seqlens, total, max_seqlen, max_name):
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"{name} must have shape (B + 1,) with B >= 1, got "
                          f"{tuple(cu_seqlens.shape)}")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 1:
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
+        raise TypeError(f"{max_name} must be an int, got {type(max_seqlen).__name__}")
+    if max_seqlen < 1:
         raise ValueError(f"{max_name} must be a positive int, got {max_seqlen!r}")
     if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
         return
@@ -110,6 +113,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _checks.shape("k", k, (total_k, kv_heads, dim), "(total_k, Hk, E) with q's E")
     _checks.shape("v", v, (total_k, kv_heads, v.shape[-1]),
                   "(total_k, Hk, Ev) with k's total_k and Hk")
+    _checks.nonempty("q", q, (1, 2))
+    _checks.nonempty("k", k, (1,))
+    _checks.nonempty("v", v, (2,))
     if heads % kv_heads:
         raise ValueError(f"k's heads ({kv_heads}) must divide q's heads ({heads})")
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "max_seqlen_q")
@@ -118,13 +124,13 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must both have shape (B + 1,), got "
                          f"{tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}")
     dropout_p = _checks.probability("dropout_p", dropout_p)
-    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    cast = _checks.autocast_dtype(device)
-    if cast is not None:
-        q, k, v = q.to(cast), k.to(cast), v.to(cast)
+    is_causal = _checks.flag("is_causal", is_causal)
+    scale = _checks.optional_number("scale", scale)
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    q, k, v = _checks.autocast(device, q, k, v)
     seed = philox.draw_seed(device) if dropout_p > 0.0 else None
     name = select_backend("varlen_attention", device, backend, dtype=q.dtype, head_dim=dim,
                           value_head_dim=v.shape[-1])
-    out, _ = varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                      max_seqlen_k, seed, dropout_p, bool(is_causal), scale, name)
+    out, _ = varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+                                      int(max_seqlen_k), seed, dropout_p, is_causal, scale, name)
     return out

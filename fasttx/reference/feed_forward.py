@@ -17,9 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fasttx.ops.library import ACTIVATIONS
 from fasttx.reference._common import accumulation_dtype, dropout_scale
-
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
 
 def activation_forward(a: torch.Tensor, activation: str) -> torch.Tensor:
