@@ -7,6 +7,8 @@ input fails at the call instead of deep inside a kernel.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -66,8 +68,12 @@ def same_device(**tensors: torch.Tensor | None) -> torch.device:
     return _same("device", ValueError, tensors)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def probability(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_number(value):
         raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -75,9 +81,24 @@ def probability(name: str, value) -> float:
 
 
 def positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
+    if not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def optional_number(name: str, value) -> float | None:
+    if value is not None and not _is_number(value):
+        raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
+    return None if value is None else float(value)
+
+
+def flag(name: str, value) -> bool:
+    """A bool argument: truthy strings or tensors are refused rather than guessed at."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def choice(name: str, value, choices: tuple[str, ...]) -> str:
@@ -86,8 +107,14 @@ def choice(name: str, value, choices: tuple[str, ...]) -> str:
     return value
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype torch.autocast would give matmul inputs on ``device`` now, or None."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return None
+def autocast(device: torch.device, *tensors: torch.Tensor | None):
+    """The tensors as ``torch.autocast`` would hand them to a matmul on ``device``.
+
+    Under autocast, fp32/fp16/bf16 tensors are cast to the autocast dtype; fp64 tensors
+    (and everything outside autocast) are returned unchanged, as torch does.
+    """
+    if not torch.is_autocast_enabled(device.type):
+        return tensors
+    target = torch.get_autocast_dtype(device.type)
+    castable = (torch.float32, torch.float16, torch.bfloat16)
+    return tuple(t.to(target) if t is not None and t.dtype in castable else t for t in tensors)
