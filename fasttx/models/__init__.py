@@ -2,10 +2,16 @@
 
     from fasttx.models import Seq2SeqTransformer, TransformerConfig
     model = Seq2SeqTransformer(TransformerConfig.base(vocab_size=32000))
+
+Modules: ``config`` (hyperparameters and presets), ``seq2seq`` (the model, its loss and
+generation), ``layers`` (attention, encoder and decoder layers), ``cache`` (the key/value
+cache of incremental decoding), ``tasks`` (the copy task and its metrics) and ``train``
+(the training loop).
 """
 
+from fasttx.models.cache import KVCache
 from fasttx.models.config import PRESETS, TransformerConfig
-from fasttx.models.seq2seq import KVCache, Seq2SeqLoss, Seq2SeqTransformer
+from fasttx.models.seq2seq import Seq2SeqLoss, Seq2SeqTransformer
 from fasttx.models.tasks import Accuracy, CopyTask, evaluate_copy_task, sequence_accuracy
 from fasttx.models.train import TrainResult, noam_lr, train_copy_task
 

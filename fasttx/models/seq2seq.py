@@ -1,20 +1,14 @@
-"""The encoder-decoder Transformer of "Attention Is All You Need", on fasttx's fused ops.
-
-Every attention goes through :func:`fasttx.scaled_dot_product_attention`, every residual
-add & norm through :func:`fasttx.add_layer_norm` and every FFN through
-:func:`fasttx.feed_forward`, so ``with fasttx.use_backend(...)`` switches all kernels.
+"""The encoder-decoder Transformer of "Attention Is All You Need": embeddings, the
+encoder and decoder stacks, the label-smoothed loss, and greedy / beam-search generation.
 
     model = Seq2SeqTransformer(TransformerConfig.base(vocab_size=32000))
     out = model.loss(src, tgt)          # src (B, Ls), tgt (B, Lt) = [bos] + tokens + [eos]
     out.loss.backward()
     tokens = model.generate(src, num_beams=4)   # (B, L): bos, tokens, eos, padding
 
-Residual blocks. Each sub-layer output ``out`` meets the residual stream ``s`` in one fused
-op, ``y, s' = add_layer_norm(out, s)`` with ``y = LN(s + dropout(out))`` and
-``s' = s + dropout(out)``. Post-norm (the paper) carries ``y`` on as the stream; pre-norm
-carries ``s'`` and feeds ``y`` to the next sub-layer, so the pre-norm of sub-layer k is
-fused with the add of sub-layer k-1. A pre-norm stack therefore has one extra norm in front
-(fused with the dropout on the embeddings), and its last norm is the final LayerNorm.
+The layers (and how residual add & norm is fused, post- and pre-norm) are in
+:mod:`fasttx.models.layers`, the key/value cache of incremental decoding in
+:mod:`fasttx.models.cache`.
 """
 
 from __future__ import annotations
@@ -27,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fasttx.models.cache import KVCache
 from fasttx.models.config import TransformerConfig
-from fasttx.nn.layers import AddLayerNorm, FeedForward
-from fasttx.ops import scaled_dot_product_attention
+from fasttx.models.layers import CrossAttention, DecoderLayer, EncoderLayer, SelfAttention
+from fasttx.nn.layers import AddLayerNorm
 
-__all__ = ["KVCache", "LayerCache", "Seq2SeqLoss", "Seq2SeqTransformer", "sinusoidal_positions"]
+__all__ = ["Seq2SeqLoss", "Seq2SeqTransformer", "sinusoidal_positions"]
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -42,175 +37,6 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
     return table.float()
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-class LayerCache:
-    """Key/value cache of one decoder layer.
-
-    key, value: (B, H, capacity, Dh) self-attention keys/values, allocated on first use;
-        positions [0, length) are filled, one step at a time.
-    cross_key, cross_value: (B, H, Ls, Dh) cross-attention keys/values of the encoder
-        output, computed once on the first step.
-    """
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.length = 0
-        self.key = self.value = self.cross_key = self.cross_value = None
-
-    def append(self, key: torch.Tensor, value: torch.Tensor):
-        """Writes key, value (B, H, n, Dh) at [length, length + n); returns the filled
-        prefix (B, H, length + n, Dh) of both."""
-        end = self.length + key.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"the cache holds {self.capacity} positions, decoding position "
-                             f"{end - 1} needs more (create it with a larger capacity)")
-        if self.key is None:
-            shape = (key.shape[0], key.shape[1], self.capacity, key.shape[3])
-            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
-        self.key[:, :, self.length:end] = key
-        self.value[:, :, self.length:end] = value
-        self.length = end
-        return self.key[:, :, :end], self.value[:, :, :end]
-
-
-class KVCache:
-    """Per-layer decoder caches for incremental decoding; ``length`` positions are cached."""
-
-    def __init__(self, num_layers: int, capacity: int):
-        self.layers = [LayerCache(capacity) for _ in range(num_layers)]
-
-    @property
-    def length(self) -> int:
-        return self.layers[0].length
-
-    def reorder_beams(self, index: torch.Tensor) -> None:
-        """Row r continues the hypothesis of row ``index[r]`` (B*K,). The rows of ``index``
-        must come from the same source (beams of one sentence), so the cross-attention
-        keys/values, which depend on the source only, stay in place."""
-        for layer in self.layers:
-            if layer.key is not None:
-                layer.key = layer.key.index_select(0, index)
-                layer.value = layer.value.index_select(0, index)
-
-
-# ----------------------------------------------------------------------------- layers
-
-
-class _Attention(nn.Module):
-    """Heads split/merge, the fused attention call and the output projection."""
-
-    def __init__(self, config: TransformerConfig):
-        super().__init__()
-        self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.dropout = config.attention_dropout
-        self.out_proj = nn.Linear(config.d_model, config.d_model)
-
-    def _split(self, x: torch.Tensor, parts: int):
-        """(B, L, parts * D) -> parts tensors (B, H, L, Dh) (views)."""
-        batch, length, _ = x.shape
-        x = x.view(batch, length, parts, self.num_heads, self.head_dim)
-        return x.permute(2, 0, 3, 1, 4).unbind(0)
-
-    def _attend(self, q, k, v, mask, is_causal):
-        """q (B, H, Lq, Dh), k/v (B, H, Lk, Dh) -> (B, Lq, D)."""
-        out = scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal)
-        batch, _, length, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
-
-
-class SelfAttention(_Attention):
-    """Multi-head self-attention with one fused (D -> 3D) input projection."""
-
-    def __init__(self, config: TransformerConfig):
-        super().__init__(config)
-        self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
-
-    def forward(self, x, mask=None, is_causal=False, cache: LayerCache | None = None):
-        """x (B, L, D); mask bool broadcastable to (B, H, L, Lk), True = may attend;
-        with ``cache`` the new keys/values are appended and all cached ones attended."""
-        q, k, v = self._split(self.qkv_proj(x), 3)
-        if cache is not None:
-            k, v = cache.append(k, v)
-        return self._attend(q, k, v, mask, is_causal)
-
-
-class CrossAttention(_Attention):
-    """Multi-head attention of the decoder over the encoder output (memory)."""
-
-    def __init__(self, config: TransformerConfig):
-        super().__init__(config)
-        self.q_proj = nn.Linear(config.d_model, config.d_model)
-        self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
-
-    def forward(self, x, memory, mask, cache: LayerCache | None = None):
-        """x (B, Lt, D), memory (B, Ls, D), mask (B, 1, 1, Ls) -> (B, Lt, D)."""
-        (q,) = self._split(self.q_proj(x), 1)
-        if cache is not None and cache.cross_key is not None:
-            k, v = cache.cross_key, cache.cross_value
-        else:
-            k, v = self._split(self.kv_proj(memory), 2)
-            if cache is not None:
-                cache.cross_key, cache.cross_value = k, v
-        return self._attend(q, k, v, mask, False)
-
-
-def _add_norm(norm: AddLayerNorm, out, stream, norm_first: bool):
-    """One residual block end: returns (input of the next sub-layer, new residual stream)."""
-    if norm_first:
-        return norm(out, stream, return_residual=True)
-    y = norm(out, stream)
-    return y, y
-
-
-class EncoderLayer(nn.Module):
-    """[self-attention -> add & norm -> FFN -> add & norm]."""
-
-    def __init__(self, config: TransformerConfig):
-        super().__init__()
-        d, eps, p = config.d_model, config.layer_norm_eps, config.dropout
-        self.norm_first = config.norm_first
-        self.self_attn = SelfAttention(config)
-        self.norm1 = AddLayerNorm(d, eps, dropout=p)
-        self.ffn = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
-        self.norm2 = AddLayerNorm(d, eps, dropout=p)
-
-    def forward(self, x, stream, src_mask):
-        """x, stream (B, Ls, D) -> (x, stream) for the next layer."""
-        x, stream = _add_norm(self.norm1, self.self_attn(x, src_mask), stream, self.norm_first)
-        return _add_norm(self.norm2, self.ffn(x), stream, self.norm_first)
-
-
-class DecoderLayer(nn.Module):
-    """[masked self-attention -> add & norm -> cross-attention -> add & norm -> FFN ->
-    add & norm]."""
-
-    def __init__(self, config: TransformerConfig):
-        super().__init__()
-        d, eps, p = config.d_model, config.layer_norm_eps, config.dropout
-        self.norm_first = config.norm_first
-        self.self_attn = SelfAttention(config)
-        self.norm1 = AddLayerNorm(d, eps, dropout=p)
-        self.cross_attn = CrossAttention(config)
-        self.norm2 = AddLayerNorm(d, eps, dropout=p)
-        self.ffn = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
-        self.norm3 = AddLayerNorm(d, eps, dropout=p)
-
-    def forward(self, x, stream, memory, src_mask, tgt_mask, is_causal, cache=None):
-        """x, stream (B, Lt, D); memory (B, Ls, D) -> (x, stream) for the next layer."""
-        out = self.self_attn(x, tgt_mask, is_causal, cache)
-        x, stream = _add_norm(self.norm1, out, stream, self.norm_first)
-        out = self.cross_attn(x, memory, src_mask, cache)
-        x, stream = _add_norm(self.norm2, out, stream, self.norm_first)
-        return _add_norm(self.norm3, self.ffn(x), stream, self.norm_first)
-
-
-# ----------------------------------------------------------------------------- model
 
 
 @dataclass

@@ -1,7 +1,5 @@
 """Seq2SeqTransformer: shapes, masking, the loss, tied embeddings, cached decoding."""
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -214,19 +212,8 @@ def test_cached_decoding_matches_full_decoding(norm_first):
         model.decode(tgt[:, :1], memory, src_mask, cache)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Tiny ops run fastest on one thread (and far faster than two on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def half_trained():
+def half_trained(one_thread):
     """The tiny model after 100 copy-task steps (~4 s): varied outputs of varied lengths,
     with mistakes, so decoding choices are not trivial. In float64: no near-ties."""
     with one_thread():
