@@ -61,7 +61,13 @@ def assert_within_budget(actual: torch.Tensor, expected: torch.Tensor,
     if floor is None:
         floor = DEFAULT_FLOOR.get(actual.dtype, 1e-6)
     error, index = _worst(actual, expected)
-    baseline_error = 0.0 if baseline is None else _worst(baseline, expected)[0]
+    baseline_error = 0.0
+    if baseline is not None:
+        baseline_error, baseline_index = _worst(baseline, expected)
+        if baseline_error == float("inf"):  # an infinite budget would pass anything
+            raise AssertionError(
+                f"{name}: the baseline is not finite at index {baseline_index}; compare on "
+                f"inputs where plain PyTorch gives finite values")
     budget = factor * baseline_error + floor
     if not error <= budget:
         got = actual.detach()[index].item() if actual.numel() else None
@@ -129,8 +135,14 @@ except ImportError:  # pragma: no cover - pytest is a test extra
     pytest = None
 
 if pytest is not None:
-    #: Marks a test that needs a CUDA GPU; it is skipped cleanly on CPU-only machines.
-    gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    _skip_without_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
+                                           reason="needs a CUDA GPU")
+
+    def gpu(test):
+        """Marks a test that needs a CUDA GPU: ``@pytest.mark.gpu`` (so ``-m gpu`` selects
+        it) and skipped cleanly on CPU-only machines."""
+        return pytest.mark.gpu(_skip_without_gpu(test))
+
     #: Marks a test that needs the compiled extension fasttx._C (and a GPU).
     requires_cuda_extension = pytest.mark.skipif(
         not (torch.cuda.is_available() and _has_cuda_extension()),

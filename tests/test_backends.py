@@ -97,3 +97,19 @@ def test_record_selections_reports_the_backend_of_each_op():
     assert used == {"attention": "reference", "add_layer_norm": "reference"}
     fasttx.feed_forward(torch.randn(2, 4), torch.randn(3, 4), None, torch.randn(4, 3), None)
     assert "feed_forward" not in used  # recording ends with the block
+
+
+def test_an_op_module_that_fails_to_import_is_reported_as_such(monkeypatch, tmp_path):
+    package = tmp_path / "broken_backend"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "attention.py").write_text("import a_dependency_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(backends._PACKAGES, "reference", "broken_backend")
+    backends._op_module.cache_clear()
+    try:
+        reason = backends.unsupported_reason("reference", "attention", torch.device("cpu"))
+        assert "do not import" in reason and "a_dependency_that_is_not_installed" in reason
+    finally:
+        monkeypatch.undo()
+        backends._op_module.cache_clear()

@@ -6,6 +6,7 @@ import torch
 from fasttx.testing import (
     assert_within_budget,
     attention_inputs,
+    gpu,
     key_padding_mask,
     random_tensor,
     to_float64,
@@ -28,6 +29,24 @@ def test_budget_treats_nan_as_infinitely_wrong_and_checks_shapes():
         assert_within_budget(torch.tensor([0.0, float("nan"), 0.0, 0.0]), expected, floor=1.0)
     with pytest.raises(AssertionError, match="shape"):
         assert_within_budget(torch.zeros(3), expected)
+
+
+def test_a_non_finite_baseline_is_refused_not_an_infinite_budget():
+    expected = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(AssertionError, match="baseline is not finite at index \\(1,\\)"):
+        assert_within_budget(torch.tensor([5.0, 7.0, 1e6]), expected,
+                             torch.tensor([0.0, float("nan"), 0.0]))
+
+
+def test_gpu_marker_is_selectable_and_skips_without_a_gpu():
+    @gpu
+    def needs_gpu():
+        pass
+
+    marks = {mark.name for mark in needs_gpu.pytestmark}
+    assert marks == {"gpu", "skipif"}
+    skip = next(mark for mark in needs_gpu.pytestmark if mark.name == "skipif")
+    assert skip.args[0] == (not torch.cuda.is_available())
 
 
 def test_factories_are_seeded_and_fresh_per_seed():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,10 +105,36 @@ def test_leading_batch_dims_and_unbatched():
                                                                     is_causal=True))
 
 
-def test_custom_scale():
+def test_custom_scale_and_numpy_scalars():
     q, k, v = attention_inputs(2, 2, 6, 9, 16, dtype=torch.float64, seed=3)
-    out = fasttx.scaled_dot_product_attention(q, k, v, scale=0.37)
+    out = fasttx.scaled_dot_product_attention(q, k, v, scale=np.float32(0.37),
+                                              dropout_p=np.float32(0.0))
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.37))
+
+
+def test_strided_inputs_and_opcheck():
+    """Head-split views and a transposed float mask, as attention modules pass them."""
+    x = random_tensor(2, 5, 3 * 16, dtype=torch.float64, seed=13, requires_grad=True)
+    q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in x.chunk(3, dim=-1))
+    mask = torch.randn(2, 1, 5, 5, dtype=torch.float64).transpose(-1, -2).requires_grad_(True)
+    assert not q.is_contiguous()
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(torch.autograd.grad(out.sum(), (x, mask)),
+                         torch.autograd.grad(expected.sum(), (x, mask)), strict=True):
+        torch.testing.assert_close(got, want)
+    torch.library.opcheck(torch.ops.fasttx.attention_forward.default,
+                          (q, k, v, mask.expand(2, 2, 5, 5), torch.tensor([1]), 0.1, True, 0.3,
+                           "reference"))
+
+
+def test_autocast_casts_low_precision_inputs_but_not_float64():
+    q32, k32, v32 = attention_inputs(1, 2, 4, 4, 8, seed=14)
+    q64, k64, v64 = (t.double() for t in (q32, k32, v32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fasttx.scaled_dot_product_attention(q32, k32, v32).dtype == torch.bfloat16
+        assert fasttx.scaled_dot_product_attention(q64, k64, v64).dtype == torch.float64
 
 
 def test_fully_masked_rows_give_zeros_and_zero_grads():
@@ -218,6 +245,10 @@ BAD_INPUTS = [
      ValueError, "multiple"),
     (dict(backend="fastest"), ValueError, "backend"),
     (dict(key=torch.randn(2, 3, 4, 8, device="meta")), ValueError, "key"),
+    (dict(value=torch.randn(2, 3, 4, 0)), ValueError, "value"),
+    (dict(is_causal="no"), TypeError, "is_causal"),
+    (dict(enable_gqa=1), TypeError, "enable_gqa"),
+    (dict(scale="a"), TypeError, "scale"),
     (dict(attn_mask=torch.ones(4, 4, dtype=torch.bool, device="meta")), ValueError, "attn_mask"),
 ]
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fasttx
 from fasttx.testing import key_padding_mask, random_tensor
@@ -55,6 +56,13 @@ def test_packed_equals_padded(lengths_q, lengths_k, heads, kv_heads, dim, is_cau
         is_causal=is_causal, dropout_p=dropout_p, enable_gqa=True)
     expected = unpad(dense, lengths_q)
     torch.testing.assert_close(out, expected)
+    if dropout_p == 0.0:  # and each sequence on its own equals torch's SDPA
+        for b in range(len(lengths_q)):
+            rows_q = slice(int(cu_q[b]), int(cu_q[b + 1]))
+            rows_k = slice(int(cu_k[b]), int(cu_k[b + 1]))
+            torch.testing.assert_close(out[rows_q].transpose(0, 1), F.scaled_dot_product_attention(
+                q[rows_q].transpose(0, 1), k[rows_k].transpose(0, 1), v[rows_k].transpose(0, 1),
+                is_causal=is_causal, enable_gqa=True))
     grad = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out, (q, k, v), grad),
                          torch.autograd.grad(expected, (q, k, v), grad), strict=True):
@@ -83,6 +91,9 @@ def test_gradcheck():
     (dict(cu_seqlens_k=torch.tensor([0, 4], dtype=torch.int32)), "cu_seqlens_k"),
     (dict(max_seqlen_q=2), "max_seqlen_q"),
     (dict(max_seqlen_k=0), "max_seqlen_k"),
+    (dict(max_seqlen_k=4.0), "max_seqlen_k"),
+    (dict(is_causal=None), "is_causal"),
+    (dict(q=torch.randn(5, 0, 4, dtype=torch.float64)), "q"),
     (dict(q=torch.randn(5, 2, 8, dtype=torch.float64)), "k"),
     (dict(k=torch.randn(5, 3, 4, dtype=torch.float64), v=torch.randn(5, 3, 4,
                                                                        dtype=torch.float64)),
