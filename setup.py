@@ -48,8 +48,10 @@ def cuda_extensions():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    archs = os.environ.get("FASTTX_CUDA_ARCHS", "8.0;9.0")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", archs)
+    # FASTTX_CUDA_ARCHS wins; else an existing TORCH_CUDA_ARCH_LIST; else Ampere + Hopper.
+    archs = os.environ.get("FASTTX_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST")
+    archs = archs or "8.0;9.0"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     nvcc_threads = os.environ.get("NVCC_THREADS", "4")
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
