@@ -213,7 +213,9 @@ def record_selections() -> Iterator[dict[str, str]]:
 def use_backend(name: str) -> Iterator[None]:
     """Makes ``name`` ("reference", "triton", "cuda" or "auto") the default inside the block.
 
-    An explicit ``backend=`` argument to an op still wins.
+    An explicit ``backend=`` argument to an op still wins. The setting is process-wide
+    (like ``torch.backends`` flags), not per thread; compiled functions guard on it and
+    recompile when it changes.
     """
     global _active_backend
     if name not in BACKENDS and name != "auto":
