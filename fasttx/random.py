@@ -63,6 +63,11 @@ def _mul32(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return high, low
 
 
+# On CPU the ~200 elementwise passes of the rounds run about 3x faster over slices that
+# stay in cache than over one large tensor; on a GPU one pass over everything is best.
+_CPU_SLICE = 1 << 16
+
+
 def uniform(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     """Philox4x32-10 uniforms in [0, 1), float32, one per element of ``counter``.
 
@@ -70,6 +75,16 @@ def uniform(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
         seed: int64 tensor of shape (1,) (from :func:`draw_seed`) or a Python int.
         counter: int64 tensor of any shape, the per-element offsets.
     """
+    if counter.device.type != "cpu" or counter.numel() <= _CPU_SLICE:
+        return _uniform(seed, counter)
+    flat = counter.reshape(-1)
+    out = torch.empty(flat.shape, dtype=torch.float32)
+    for start in range(0, flat.numel(), _CPU_SLICE):
+        out[start:start + _CPU_SLICE] = _uniform(seed, flat[start:start + _CPU_SLICE])
+    return out.view(counter.shape)
+
+
+def _uniform(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     seed = torch.as_tensor(seed, dtype=torch.int64, device=counter.device).reshape(())
     key0, key1 = seed & _MASK32, (seed >> 32) & _MASK32
     c0, c1 = counter & _MASK32, (counter >> 32) & _MASK32

@@ -66,3 +66,14 @@ def test_cuda_stream_equals_cpu_stream():
     counter = torch.arange(10_000) + 2**33
     on_gpu = philox.uniform(seed, counter.cuda())
     assert torch.equal(on_gpu.cpu(), philox.uniform(seed.cpu(), counter))
+
+
+def test_sliced_cpu_path_gives_the_same_stream():
+    """Large CPU counters are processed in slices: values must not depend on the slicing."""
+    seed = torch.tensor([77])
+    counter = torch.arange(3 * 65536 + 5).view(5, -1) + 2**40
+    values = philox.uniform(seed, counter)
+    assert values.shape == counter.shape
+    flat_counter, flat_values = counter.reshape(-1), values.reshape(-1)
+    for piece in (slice(0, 1000), slice(65000, 67000), slice(-1000, None)):
+        assert torch.equal(flat_values[piece], philox.uniform(seed, flat_counter[piece]))
