@@ -54,13 +54,12 @@ def counters(shape: tuple[int, ...] | torch.Size, device=None) -> torch.Tensor:
 def _mul32(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """High and low 32-bit words of ``constant * value`` for 32-bit operands.
 
-    Done on 16-bit halves of the constant so that no int64 intermediate overflows.
+    The exact product is below 2**64, so int64 multiplication, which wraps modulo 2**64
+    on every device torch runs on, holds all of its bits (tests check the stream against
+    Triton's, bit for bit, on CPU and GPU).
     """
-    c_hi, c_lo = constant >> 16, constant & 0xFFFF
-    upper, lower = c_hi * value, c_lo * value  # each < 2**48
-    high = (upper + (lower >> 16)) >> 16
-    low = (((upper & 0xFFFF) << 16) + lower) & _MASK32
-    return high, low
+    product = value * constant
+    return (product >> 32) & _MASK32, product & _MASK32
 
 
 # On CPU the ~200 elementwise passes of the rounds run about 3x faster over slices that

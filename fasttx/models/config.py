@@ -19,8 +19,10 @@ __all__ = ["PRESETS", "TransformerConfig"]
 #: :mod:`fasttx.models.tasks` on one CPU core in ~20 s: 2+2 layers of width 64 are plenty
 #: for copying. It has no dropout and no label smoothing: the task draws fresh sequences
 #: every step, so there is nothing to over-fit and regularisation only slows learning; the
-#: loss can then approach 0; and on CPU the reference backend's Philox dropout would make
-#: each step about 4x slower.
+#: loss can then approach 0; and on CPU the reference backend regenerates every dropout
+#: mask elementwise in plain torch (Philox, ~100 passes per mask), which made a tiny step
+#: about 5x slower with dropout 0.1 everywhere (measured 2026-11-21 on this project's
+#: 2-core CPU machine).
 PRESETS: dict[str, dict] = {
     "tiny": dict(vocab_size=16, d_model=64, num_heads=4, d_ff=128, num_encoder_layers=2,
                  num_decoder_layers=2, dropout=0.0, label_smoothing=0.0, max_len=64),
