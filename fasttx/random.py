@@ -62,7 +62,7 @@ def _mul32(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return (product >> 32) & _MASK32, product & _MASK32
 
 
-# On CPU the ~100 elementwise passes of the rounds run about 3x faster over slices that
+# On CPU the ~100 elementwise passes of the rounds run about 2x faster over slices that
 # stay in cache than over one large tensor; on a GPU one pass over everything is best.
 _CPU_SLICE = 1 << 16
 
