@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from fasttx.ops.feed_forward import ACTIVATIONS
+from fasttx import _checks
+from fasttx.ops.library import ACTIVATIONS
 
 __all__ = ["PRESETS", "TransformerConfig"]
 
@@ -85,10 +86,7 @@ class TransformerConfig:
         if self.max_len < 2:
             raise ValueError(f"max_len must be at least 2 (bos + one token), got {self.max_len}")
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+            _checks.probability(name, getattr(self, name))
         for name in ("pad_id", "bos_id", "eos_id"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) \
@@ -98,14 +96,9 @@ class TransformerConfig:
         if self.pad_id in (self.bos_id, self.eos_id):
             raise ValueError(f"pad_id ({self.pad_id}) must differ from bos_id ({self.bos_id}) "
                              f"and eos_id ({self.eos_id}): padding is masked out")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not isinstance(self.norm_first, bool):
-            raise ValueError(f"norm_first must be a bool, got {self.norm_first!r}")
-        if isinstance(self.layer_norm_eps, bool) \
-                or not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be a positive float, got "
-                             f"{self.layer_norm_eps!r}")
+        _checks.choice("activation", self.activation, ACTIVATIONS)
+        _checks.flag("norm_first", self.norm_first)
+        _checks.positive("layer_norm_eps", self.layer_norm_eps)
 
     @property
     def head_dim(self) -> int:

@@ -7,7 +7,8 @@ from torch import nn
 
 from fasttx import _checks
 from fasttx.ops.add_layer_norm import add_layer_norm
-from fasttx.ops.feed_forward import ACTIVATIONS, feed_forward
+from fasttx.ops.feed_forward import feed_forward
+from fasttx.ops.library import ACTIVATIONS
 
 
 class AddLayerNorm(nn.Module):
