@@ -1,0 +1,111 @@
+"""Device functions shared by the attention kernels (forward and backward, dense and varlen).
+
+Index conventions inside every kernel: ``q_idx`` / ``k_idx`` are query and key positions
+*within one sequence*, shaped so they broadcast to the score tile at hand ((M, 1) and
+(1, N) in the forward and dQ kernels, (1, M) and (N, 1) in the transposed dK/dV kernel),
+so one helper serves both orientations.
+
+Scores live in base 2 (``qk * scale * log2(e)``, mask values times log2(e)) so that the
+softmax can use ``exp2``; the saved log-sum-exp is in natural log.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# globals read inside kernels must be constexprs
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def sequence_bounds(cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k,
+                    VARLEN: tl.constexpr):
+    """(first query row, query length, first key row, key length) of sequence ``batch``.
+
+    Dense batches: every sequence has the full lengths and starts at row 0 of its batch
+    slice. Packed batches: rows cu_seqlens[b]:cu_seqlens[b + 1] of the packed tensors.
+    """
+    if VARLEN:
+        q_start = tl.load(cu_seqlens_q_ptr + batch)
+        seq_len_q = tl.load(cu_seqlens_q_ptr + batch + 1) - q_start
+        k_start = tl.load(cu_seqlens_k_ptr + batch)
+        seq_len_k = tl.load(cu_seqlens_k_ptr + batch + 1) - k_start
+    else:
+        q_start = 0
+        seq_len_q = len_q
+        k_start = 0
+        seq_len_k = len_k
+    return q_start, seq_len_q, k_start, seq_len_k
+
+
+@triton.jit
+def key_tile_range(start_m, seq_len_q, seq_len_k, key_range_ptr, batch,
+                   IS_CAUSAL: tl.constexpr, MASK_PER_KEY: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key tiles that query rows [start_m, start_m + BLOCK_M) may attend to.
+
+    Returns (first, unchecked_end, end): tiles in [first, unchecked_end) lie wholly inside
+    the sequence and wholly left of the causal diagonal, so they need no bounds or causal
+    checks; tiles in [unchecked_end, end) need them. Skipped entirely: key tiles right of
+    the causal diagonal, and for a key-padding mask the tiles outside the batch's
+    [first allowed key, last allowed key] (``key_range_ptr``). A program whose rows lie
+    past the sequence's end gets an empty range.
+    """
+    first = 0
+    end = seq_len_k
+    if MASK_PER_KEY:
+        first = tl.load(key_range_ptr + 2 * batch)
+        end = tl.minimum(end, tl.load(key_range_ptr + 2 * batch + 1))
+    unchecked_end = end
+    if IS_CAUSAL:
+        end = tl.minimum(end, start_m + BLOCK_M)
+        unchecked_end = tl.minimum(end, start_m + 1)
+    end = tl.where(start_m < seq_len_q, end, 0)
+    first = first // BLOCK_N * BLOCK_N
+    unchecked_end = tl.maximum(unchecked_end // BLOCK_N * BLOCK_N, first)
+    unchecked_end = tl.minimum(unchecked_end, tl.maximum(end, first))
+    return first, unchecked_end, end
+
+
+@triton.jit
+def masked_scores(qk, q_idx, k_idx, mask_base, seq_len_q, seq_len_k, qk_scale,
+                  stride_mm, stride_mn, MASK: tl.constexpr, MASK_PER_KEY: tl.constexpr,
+                  CAUSAL: tl.constexpr, BOUNDS: tl.constexpr):
+    """Base-2 scores of a tile: qk * qk_scale plus the mask, -inf where not allowed.
+
+    qk: fp32 tile of q.k products. mask_base: &mask[b, h, 0, 0] (read unless MASK is
+    "none"; a bool mask is read as uint8). MASK_PER_KEY: the mask does not vary along
+    queries, so one row of BLOCK_N values serves the whole tile. CAUSAL: apply
+    k_idx <= q_idx. BOUNDS: apply k_idx < seq_len_k (keys past the end of the sequence).
+    """
+    scores = qk * qk_scale
+    if MASK != "none":
+        if MASK_PER_KEY:
+            mask = tl.load(mask_base + k_idx * stride_mn, mask=k_idx < seq_len_k, other=0)
+        else:
+            in_bounds = (q_idx < seq_len_q) & (k_idx < seq_len_k)
+            mask = tl.load(mask_base + q_idx * stride_mm + k_idx * stride_mn, mask=in_bounds,
+                           other=0)
+        if MASK == "bool":
+            scores = tl.where(mask != 0, scores, float("-inf"))
+        else:  # float mask, upcast to fp32 and moved to base 2 like the scores
+            scores = scores + mask.to(tl.float32) * LOG2E
+    if CAUSAL:
+        scores = tl.where(k_idx <= q_idx, scores, float("-inf"))
+    if BOUNDS:
+        scores = tl.where(k_idx < seq_len_k, scores, float("-inf"))
+    return scores
+
+
+@triton.jit
+def dropout_keep(seed, counter_base, q_idx, k_idx, len_k, dropout_p):
+    """Philox keep decision of the probabilities at (q_idx, k_idx).
+
+    counter = (counter_base + q_idx) * len_k + k_idx with counter_base = (b * H + h) * Lq:
+    the dense (B, H, Lq, Lk) layout of ``fasttx.random`` (Lq, Lk the padded lengths for
+    packed sequences), in int64 so that large batches don't wrap.
+    """
+    counter = (counter_base + q_idx.to(tl.int64)) * len_k + k_idx
+    return tl.rand(seed, counter) >= dropout_p
