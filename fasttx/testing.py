@@ -11,15 +11,19 @@ precision, plus a small floor (2x for outputs, 3x for gradients).
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 __all__ = [
+    "MASK_KINDS",
     "assert_within_budget",
     "attention_inputs",
+    "attention_mask",
     "gpu",
     "key_padding_mask",
+    "plain_attention",
     "random_tensor",
     "requires_cuda_extension",
     "seeded_generator",
@@ -108,6 +112,59 @@ def key_padding_mask(lengths: list[int], max_len: int, device="cpu") -> torch.Te
     positions = torch.arange(max_len, device=device)
     keep = positions.unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
     return keep[:, None, None, :]
+
+
+#: The attention mask kinds of :func:`attention_mask`; "+causal" means is_causal=True too.
+MASK_KINDS = ("none", "causal", "bool", "float", "key_padding", "bool+causal", "float+causal",
+              "key_padding+causal")
+
+
+def attention_mask(kind: str, batch: int, heads: int, len_q: int, len_k: int, *,
+                   seed: int = 0, device="cpu") -> torch.Tensor | None:
+    """A seeded mask of one of :data:`MASK_KINDS` (the part before "+causal").
+
+    "bool": (B, 1, Lq, Lk), ~30% of entries masked, broadcast over heads. "float":
+    (B, H, Lq, Lk) float64 standard-normal values. "key_padding": bool (B, 1, 1, Lk) with
+    random lengths in [1, Lk]. "none"/"causal": None.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    kind = kind.removesuffix("+causal")
+    if kind in ("none", "causal"):
+        return None
+    if kind == "bool":
+        mask = torch.rand(batch, 1, len_q, len_k, generator=generator) > 0.3
+    elif kind == "float":
+        mask = torch.randn(batch, heads, len_q, len_k, generator=generator, dtype=torch.float64)
+    elif kind == "key_padding":
+        lengths = torch.randint(1, len_k + 1, (batch,), generator=generator).tolist()
+        mask = key_padding_mask(lengths, len_k)
+    else:
+        raise ValueError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
+    return mask.to(device)
+
+
+def plain_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """Attention as plain PyTorch ops in the inputs' dtype: the baseline of the budget rule.
+
+    softmax(q k^T * scale + mask) v with GQA repeats, the causal mask top-left aligned and
+    rows that may attend to nothing set to zero, differentiable by autograd.
+    """
+    heads = q.shape[-3]
+    k = k.repeat_interleave(heads // k.shape[-3], dim=-3)
+    v = v.repeat_interleave(heads // v.shape[-3], dim=-3)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.to(scores.dtype)
+    if is_causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    empty_row = torch.isneginf(scores).all(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(empty_row, 0.0), dim=-1).masked_fill(empty_row, 0.0)
+    return probs @ v
 
 
 def to_float64(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 import fasttx
 from fasttx import random as philox
 from fasttx.testing import (
+    MASK_KINDS,
     assert_within_budget,
     attention_inputs,
+    attention_mask,
     gpu,
-    key_padding_mask,
     random_tensor,
 )
 
@@ -29,19 +30,6 @@ SHAPES = [
     (1, 4, 1, 9, 17, 8, 12),
     (2, 2, 2, 33, 20, 80, 80),
 ]
-MASK_KINDS = ["none", "causal", "bool", "float", "key_padding", "bool+causal", "float+causal"]
-
-
-def make_mask(kind, batch, heads, len_q, len_k, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    if kind in ("none", "causal"):
-        return None
-    if kind.startswith("bool"):
-        return torch.rand(batch, 1, len_q, len_k, generator=generator) > 0.3
-    if kind.startswith("float"):
-        return torch.randn(batch, heads, len_q, len_k, generator=generator, dtype=torch.float64)
-    lengths = torch.randint(1, len_k + 1, (batch,), generator=generator).tolist()
-    return key_padding_mask(lengths, len_k)
 
 
 def torch_sdpa(q, k, v, mask, is_causal, **kwargs):
@@ -61,7 +49,7 @@ def test_matches_torch_in_float64(shape, mask_kind):
     q, k, v = attention_inputs(batch, heads, len_q, len_k, dim, kv_heads=kv_heads,
                                value_dim=value_dim, dtype=torch.float64, requires_grad=True,
                                seed=hash((shape, mask_kind)) % 1000)
-    mask = make_mask(mask_kind, batch, heads, len_q, len_k)
+    mask = attention_mask(mask_kind, batch, heads, len_q, len_k)
     if mask is not None and mask.is_floating_point():
         mask.requires_grad_(True)
     causal = mask_kind.endswith("causal")
@@ -83,7 +71,7 @@ def test_matches_torch_in_float64(shape, mask_kind):
 def test_low_precision_within_budget(dtype, mask_kind):
     """The reference in low precision is at least as close to fp64 as torch's own SDPA."""
     q, k, v = attention_inputs(2, 3, 19, 23, 40, dtype=dtype, seed=5)
-    mask = make_mask(mask_kind, 2, 3, 19, 23)
+    mask = attention_mask(mask_kind, 2, 3, 19, 23)
     causal = mask_kind.endswith("causal")
     low_mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
     out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=low_mask, is_causal=causal)
@@ -209,7 +197,7 @@ def test_dropout_with_identity_values_shows_kept_probabilities():
 def test_gradcheck_with_dropout(mask_kind):
     q, k, v = attention_inputs(1, 2, 3, 4, 5, kv_heads=1, dtype=torch.float64,
                                requires_grad=True, seed=10)
-    mask = make_mask(mask_kind, 1, 2, 3, 4)
+    mask = attention_mask(mask_kind, 1, 2, 3, 4)
     if mask is not None:
         mask = mask.expand(1, 2, 3, 4).clone().requires_grad_(True)
     seed = torch.tensor([77])
@@ -272,7 +260,7 @@ def test_random_shapes_match_torch(batch, kv_heads, groups, len_q, len_k, dim, v
     heads = kv_heads * groups
     q, k, v = attention_inputs(batch, heads, len_q, len_k, dim, kv_heads=kv_heads,
                                value_dim=value_dim, dtype=torch.float64, seed=seed)
-    mask = make_mask(mask_kind, batch, heads, len_q, len_k, seed=seed)
+    mask = attention_mask(mask_kind, batch, heads, len_q, len_k, seed=seed)
     causal = mask_kind.endswith("causal")
     out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               enable_gqa=True)
@@ -285,7 +273,7 @@ def test_random_shapes_match_torch(batch, kv_heads, groups, len_q, len_k, dim, v
 def test_reference_on_gpu_within_budget(dtype, mask_kind):
     q, k, v = attention_inputs(4, 8, 257, 513, 80, kv_heads=4, dtype=dtype, device="cuda",
                                requires_grad=True, seed=12)
-    mask = make_mask(mask_kind, 4, 8, 257, 513)
+    mask = attention_mask(mask_kind, 4, 8, 257, 513)
     mask = None if mask is None else mask.cuda()
     causal = mask_kind.endswith("causal")
     out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
