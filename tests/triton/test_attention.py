@@ -342,3 +342,29 @@ def test_gpu_memory_is_linear_in_sequence_length():
     inputs_bytes = 3 * q.numel() * q.element_size()
     assert peak < 4 * inputs_bytes, f"peak {peak / 2**20:.0f} MiB for {length} tokens"
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_multihead_attention_module_matches_the_reference(cross):
+    """fasttx.nn.MultiheadAttention on the Triton kernels: decoder self-attention (padding
+    + causal) and cross-attention (source padding), outputs and parameter gradients."""
+    torch.manual_seed(0)
+    module = fasttx.nn.MultiheadAttention(48, 4, batch_first=True, device=DEVICE)
+    target = random_tensor(3, 13, 48, device=DEVICE, seed=30)
+    source = random_tensor(3, 17, 48, device=DEVICE, seed=31) if cross else target
+    padding = ~key_padding_mask([17, 9, 1] if cross else [13, 9, 1], source.shape[1],
+                                device=DEVICE)[:, 0, 0]  # torch's convention: True = pad
+    results = []
+    for backend in ("triton", "reference"):
+        module.zero_grad()
+        with fasttx.use_backend(backend):
+            out, _ = module(target, source, source, key_padding_mask=padding,
+                            need_weights=False, is_causal=not cross,
+                            attn_mask=None if cross else torch.ones(13, 13, device=DEVICE,
+                                                                    dtype=torch.bool).triu(1))
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in module.parameters()]))
+    (out, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,124 @@
+"""The Triton kernels on packed variable-length sequences: equal to padded attention and
+within budget of the float64 reference."""
+
+import pytest
+import torch
+
+import fasttx
+from fasttx.testing import (
+    assert_within_budget,
+    gpu,
+    key_padding_mask,
+    plain_attention,
+    random_tensor,
+    requires_triton,
+)
+from tests.ops.test_varlen_attention import pad, unpad
+
+pytestmark = requires_triton
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+CASES = [  # lengths of q, lengths of k, heads, kv_heads, head dim
+    ([1], [1], 1, 1, 16),
+    ([7, 1, 12], [5, 9, 3], 2, 2, 40),
+    ([3, 19, 2, 5], [11, 2, 33, 1], 3, 1, 24),
+    ([20, 0, 3], [0, 5, 40], 2, 1, 16),  # empty sequences on either side
+]
+
+
+def packed_inputs(lengths_q, lengths_k, heads, kv_heads, dim, dtype, device=DEVICE, seed=0):
+    def pack(lengths, num_heads, offset):
+        rows = random_tensor(sum(lengths), num_heads, dim, dtype=dtype, device=device,
+                             seed=seed + offset, requires_grad=True)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32,
+                          device=device)
+        return rows, cu
+    (q, cu_q), (k, cu_k), (v, _) = pack(lengths_q, heads, 0), pack(lengths_k, kv_heads, 1), \
+        pack(lengths_k, kv_heads, 2)
+    return q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k)
+
+
+def varlen(q, k, v, cu_q, cu_k, max_q, max_k, backend, **kwargs):
+    return fasttx.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend=backend, **kwargs)
+
+
+def plain_packed(q, k, v, cu_q, cu_k, is_causal):
+    """Plain PyTorch attention sequence by sequence: the baseline of the budget rule."""
+    out = []
+    for b in range(len(cu_q) - 1):
+        rows_q, rows_k = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        seq = plain_attention(q[rows_q].transpose(0, 1), k[rows_k].transpose(0, 1),
+                              v[rows_k].transpose(0, 1), is_causal=is_causal)
+        out.append(seq.transpose(0, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("lengths_q,lengths_k,heads,kv_heads,dim", CASES)
+def test_matches_reference_within_budget(lengths_q, lengths_k, heads, kv_heads, dim,
+                                         is_causal, dtype):
+    q, k, v, cu_q, cu_k, max_q, max_k = packed_inputs(lengths_q, lengths_k, heads, kv_heads,
+                                                      dim, dtype)
+    out = varlen(q, k, v, cu_q, cu_k, max_q, max_k, "triton", is_causal=is_causal)
+    wide = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    expected = varlen(*wide, cu_q, cu_k, max_q, max_k, "reference", is_causal=is_causal)
+    baseline = plain_packed(q, k, v, cu_q.tolist(), cu_k.tolist(), is_causal)
+    assert_within_budget(out, expected, baseline, factor=2.0)
+    grad = random_tensor(*out.shape, dtype=dtype, device=DEVICE, seed=5)
+    for name, got, want, base in zip(
+            ("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), grad),
+            torch.autograd.grad(expected, wide, grad.double()),
+            torch.autograd.grad(baseline, (q, k, v), grad), strict=True):
+        assert_within_budget(got, want, base, factor=3.0, name=name)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_packed_equals_padded_with_dropout(is_causal):
+    """Same seed, same dropped elements: the packed counters follow the padded layout."""
+    lengths_q, lengths_k = [9, 4, 17], [12, 17, 3]
+    q, k, v, cu_q, cu_k, max_q, max_k = packed_inputs(lengths_q, lengths_k, 4, 2, 16,
+                                                      torch.float32, seed=7)
+    torch.manual_seed(5)
+    out = varlen(q, k, v, cu_q, cu_k, max_q, max_k, "triton", dropout_p=0.3,
+                 is_causal=is_causal)
+    torch.manual_seed(5)
+    dense = fasttx.scaled_dot_product_attention(
+        pad(q, cu_q.cpu(), max_q), pad(k, cu_k.cpu(), max_k), pad(v, cu_k.cpu(), max_k),
+        attn_mask=key_padding_mask(lengths_k, max_k, device=DEVICE), dropout_p=0.3,
+        is_causal=is_causal, enable_gqa=True, backend="triton")
+    expected = unpad(dense, lengths_q)
+    torch.testing.assert_close(out, expected)
+    grad = random_tensor(*out.shape, device=DEVICE, seed=8)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad),
+                         torch.autograd.grad(expected, (q, k, v), grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_opcheck():
+    q, k, v, cu_q, cu_k, max_q, max_k = packed_inputs([3, 5], [4, 2], 2, 1, 16, torch.float32)
+    torch.library.opcheck(torch.ops.fasttx.varlen_attention_forward.default,
+                          (q, k, v, cu_q, cu_k, max_q, max_k, torch.tensor([3], device=DEVICE),
+                           0.2, True, 0.5, "triton"))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_gpu_matches_reference_within_budget(is_causal, dtype):
+    generator = torch.Generator().manual_seed(0)
+    lengths_q = torch.randint(1, 2049, (8,), generator=generator).tolist()
+    lengths_k = torch.randint(1, 2049, (8,), generator=generator).tolist()
+    q, k, v, cu_q, cu_k, max_q, max_k = packed_inputs(lengths_q, lengths_k, 8, 2, 128, dtype,
+                                                      device="cuda")
+    out = varlen(q, k, v, cu_q, cu_k, max_q, max_k, "triton", is_causal=is_causal)
+    wide = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    expected = varlen(*wide, cu_q, cu_k, max_q, max_k, "reference", is_causal=is_causal)
+    baseline = plain_packed(q, k, v, cu_q.tolist(), cu_k.tolist(), is_causal)
+    assert_within_budget(out, expected, baseline, factor=2.0)
+    grad = torch.randn_like(out)
+    for name, got, want, base in zip(
+            ("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), grad),
+            torch.autograd.grad(expected, wide, grad.double()),
+            torch.autograd.grad(baseline, (q, k, v), grad), strict=True):
+        assert_within_budget(got, want, base, factor=3.0, name=name)
