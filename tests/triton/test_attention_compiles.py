@@ -1,0 +1,105 @@
+"""The attention kernels compile for real GPUs (sm_80, sm_90), not only interpret.
+
+The Triton interpreter accepts code the compiler rejects (a global that is not a
+constexpr, a type mismatch between branches...). These tests record the exact launches of
+real calls (under the interpreter on CPU) and compile each one ahead of time for Ampere
+and Hopper with Triton's own compiler and the ptxas it ships, specialising the arguments
+the way Triton's JIT does (ints equal to 1 become constants, multiples of 16 and aligned
+pointers carry divisibility hints), with each architecture's first autotuning config.
+No GPU is needed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+import torch
+
+import fasttx
+from fasttx.testing import attention_inputs, key_padding_mask, requires_triton
+
+pytestmark = requires_triton
+pytest.importorskip("triton.backends.nvidia.compiler")
+triton_attention = pytest.importorskip("fasttx.triton.attention")
+
+TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+         torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
+
+
+def record_launches(call):
+    """(kind, argument specs, meta) of every kernel launch inside ``call()``."""
+    launches = []
+    real_launch = triton_attention._launch
+
+    def spy(kind, grid, *args, **meta):
+        launches.append((kind, [argument_spec(a) for a in args], meta))
+        real_launch(kind, grid, *args, **meta)
+
+    with mock.patch.object(triton_attention, "_launch", spy):
+        call()
+    return launches
+
+
+def argument_spec(value):
+    """What Triton's JIT specialises on: a pointer's type and alignment, an int's value."""
+    if isinstance(value, torch.Tensor):
+        return ["pointer", TYPES[value.dtype], value.data_ptr() % 16 == 0]
+    if isinstance(value, float):
+        return ["float"]
+    return ["int", int(value)]
+
+
+def compile_launches(launches, architectures):
+    """Compiles each launch in a fresh process where the kernels are real JIT functions."""
+    request = json.dumps({"launches": launches, "architectures": architectures})
+    environment = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    done = subprocess.run([sys.executable, "-m", "tests.triton._compile_worker"],
+                          input=request, capture_output=True, text=True, env=environment,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = json.loads(done.stdout)
+    assert len(compiled) == len(launches) * len(architectures)
+    for result in compiled:
+        if result["arch"] == "hopper":  # tensor cores through warp-group MMA
+            assert result["wgmma"], result
+
+
+def forward_backward(q, k, v, **kwargs):
+    out = fasttx.scaled_dot_product_attention(q, k, v, backend="triton", **kwargs)
+    out.backward(torch.ones_like(out))
+
+
+def test_padding_causal_dropout_bf16_compiles_for_ampere_and_hopper():
+    # bf16 values are never multiplied here: only the launch (dtypes, strides) is recorded
+    q, k, v = attention_inputs(2, 2, 32, 32, 128, dtype=torch.float16, requires_grad=True)
+    q, k, v = (t.detach().bfloat16().requires_grad_(True) for t in (q, k, v))
+    launches = record_launches(lambda: forward_backward(
+        q, k, v, attn_mask=key_padding_mask([32, 17], 32), is_causal=True, dropout_p=0.1))
+    assert [kind for kind, _, _ in launches] == ["forward", "dkdv", "dq"]
+    compile_launches(launches, ["ampere", "hopper"])
+
+
+def test_float_mask_gradient_gqa_fp16_compiles_for_hopper():
+    q, k, v = attention_inputs(1, 4, 24, 40, 80, kv_heads=2, dtype=torch.float16,
+                               requires_grad=True)
+    mask = torch.randn(1, 1, 24, 40, dtype=torch.float16, requires_grad=True)
+    launches = record_launches(lambda: forward_backward(q, k, v, attn_mask=mask,
+                                                        enable_gqa=True))
+    assert launches[-1][2]["MASK_GRAD"]
+    compile_launches(launches, ["hopper"])
+
+
+def test_varlen_fp16_compiles_for_hopper():
+    q, k, v = (torch.randn(37, 2, 64, dtype=torch.float16, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, 5, 37], dtype=torch.int32)
+
+    def call():
+        out = fasttx.varlen_attention(q, k, v, cu, cu, 32, 32, is_causal=True, backend="triton")
+        out.backward(torch.ones_like(out))
+
+    launches = record_launches(call)
+    assert all(meta["VARLEN"] for _, _, meta in launches)
+    compile_launches(launches, ["hopper"])
