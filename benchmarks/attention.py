@@ -15,7 +15,7 @@ uniformly from [1, L], so half the keys are padded on average); "key_padding+cau
 (fasttx takes the padding mask and is_causal=True; torch, which can't combine them on the
 fast paths, gets the equivalent (B, 1, L, L) mask, built before timing).
 
-TFLOP/s use the FLOP convention of ANCHORS.md on the dense problem: forward
+TFLOP/s use the field's FLOP convention (FlashAttention's) on the dense problem: forward
 4 * B * H * L^2 * D, forward+backward 3.5x that, causal half; for padded batches this is
 an effective rate (the work a dense kernel would do per second). Every case also checks
 that fasttx's output matches torch's default backend.
@@ -44,7 +44,7 @@ COLUMNS = ["head_dim", "seqlen", "batch", "heads", "mask", "mode", "provider", "
 
 
 def flops(batch, heads, seqlen, head_dim, mask, mode):
-    """The field's FLOP count (ANCHORS.md) of one call."""
+    """The FLOPs of one call as FlashAttention counts them."""
     forward = 4 * batch * heads * seqlen * seqlen * head_dim
     forward *= 0.5 if mask.endswith("causal") else 1.0
     return forward * (3.5 if mode == "fwd+bwd" else 1.0)

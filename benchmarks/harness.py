@@ -1,6 +1,6 @@
 """The shared benchmark harness: timing, the run's environment, ceilings, result files.
 
-Timing follows the field's conventions (ANCHORS.md): ``triton.testing.do_bench`` (the
+Timing follows the field's conventions: ``triton.testing.do_bench`` (the
 median of many runs after a warm-up) on a GPU, cycling through several input sets so the
 L2 cache does not flatter small problems. On CPU (``--device cpu``, a smoke test of the
 scripts under the Triton interpreter) a plain wall-clock median stands in.

@@ -1,4 +1,4 @@
-"""Test helpers: the tolerance rule of DESIGN.md, seeded input factories, GPU markers.
+"""Test helpers: the tolerance rule, seeded input factories, GPU markers.
 
 The tolerance rule: a fused op is right when its error against a float64 oracle is at most
 ``factor`` times the error of plain PyTorch computing the same thing in the same low
@@ -53,7 +53,7 @@ def assert_within_budget(actual: torch.Tensor, expected: torch.Tensor,
         expected: the float64 (or fp32) oracle.
         baseline: plain PyTorch's result in the same precision as ``actual``; None means
             the budget is the floor alone (for exact-in-float64 comparisons).
-        factor: 2 for outputs, 3 for gradients (DESIGN.md).
+        factor: 2 for outputs, 3 for gradients.
         floor: absolute slack; default by ``actual``'s dtype.
         name: what is compared, for the message.
 
