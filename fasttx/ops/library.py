@@ -28,7 +28,9 @@ ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 SCHEMAS = {
     # q (B, H, Lq, E), k (B, Hk, Lk, E), v (B, Hk, Lk, Ev), attn_mask (B, H, Lq, Lk)
     # (bool: True = may attend; float: added to the scores; may be expanded with
-    # stride 0). Returns out (B, H, Lq, Ev) and the row log-sum-exp (B, H, Lq), fp32.
+    # stride 0). Returns out (B, H, Lq, Ev) and the row log-sum-exp (B, H, Lq), fp32, which
+    # only the same backend's backward reads: natural log in the reference, base 2 of the
+    # base-2 scores in the Triton kernels (their exp2 arithmetic).
     "attention_forward": (
         "(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, Tensor? dropout_seed, "
         "float dropout_p, bool is_causal, float scale, str backend) -> (Tensor, Tensor)"
@@ -40,7 +42,7 @@ SCHEMAS = {
         "bool mask_needs_grad, str backend) -> (Tensor, Tensor, Tensor, Tensor)"
     ),
     # q (total_q, H, E), k (total_k, Hk, E), v (total_k, Hk, Ev), cu_seqlens int32 (B+1,).
-    # Returns out (total_q, H, Ev) and lse (H, total_q), fp32.
+    # Returns out (total_q, H, Ev) and lse (H, total_q), fp32, as for attention_forward.
     "varlen_attention_forward": (
         "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
         "int max_seqlen_q, int max_seqlen_k, Tensor? dropout_seed, float dropout_p, "

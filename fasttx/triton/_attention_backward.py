@@ -26,7 +26,6 @@ import triton
 import triton.language as tl
 
 from fasttx.triton._attention_common import (
-    LOG2E,
     dropout_keep,
     key_tile_range,
     masked_scores,
@@ -64,7 +63,7 @@ def attention_backward_preprocess_kernel(
 def load_row_stats(lse_base, delta_base, rows, row_ok):
     """Base-2 lse (+inf for padded rows and rows with no allowed key) and delta of rows."""
     lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
     delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
     return lse, delta
 
@@ -118,7 +117,7 @@ def attention_backward_dkdv_kernel(
     q_ptr, k_ptr, v_ptr,  # as in the forward kernel
     mask_ptr, key_range_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seed_ptr,  # as forward
     grad_out_ptr,      # (B, H, Lq, Ev) or (total_q, H, Ev): dO
-    lse_ptr,           # fp32 (B, H, Lq) or (H, total_q): the forward's log-sum-exp
+    lse_ptr,           # fp32 (B, H, Lq) or (H, total_q): the forward's base-2 log-sum-exp
     delta_ptr,         # fp32, laid out like lse: rowsum(dO * O)
     grad_k_ptr,        # (B, Hk, Lk, E) or (total_k, Hk, E): dK, written
     grad_v_ptr,        # (B, Hk, Lk, Ev) or (total_k, Hk, Ev): dV, written

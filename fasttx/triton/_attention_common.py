@@ -6,7 +6,9 @@ Index conventions inside every kernel: ``q_idx`` / ``k_idx`` are query and key p
 so one helper serves both orientations.
 
 Scores live in base 2 (``qk * scale * log2(e)``, mask values times log2(e)) so that the
-softmax can use ``exp2``; the saved log-sum-exp is in natural log.
+softmax can use ``exp2``. The saved row statistic is in the same base,
+lse2 = log2(sum(exp2(scores))), so that the backward's exp2(scores - lse2) repeats the
+forward's arithmetic (a row with one allowed key gets probability exactly 1).
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# globals read inside kernels must be constexprs
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)  # globals read inside kernels must be constexprs
 
 
 @triton.jit

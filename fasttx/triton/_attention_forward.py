@@ -3,7 +3,7 @@
 One program computes BLOCK_M query rows of one (sequence, head). It walks the key tiles
 those rows may attend to, keeping per row the running max ``m`` and sum ``l`` of the base-2
 exponentials in fp32, rescales its fp32 accumulator whenever the max grows, and finishes
-with out = acc / l and lse = (m + log2 l) * ln 2. Dropout zeroes probabilities in the
+with out = acc / l and the base-2 log-sum-exp lse2 = m + log2 l. Dropout zeroes probabilities in the
 accumulator only (``l`` is the undropped sum) with the Philox mask of ``fasttx.random``;
 nothing of size Lq x Lk is ever written.
 
@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from fasttx.triton._attention_common import (
-    LN2,
     dropout_keep,
     key_tile_range,
     masked_scores,
@@ -82,7 +81,7 @@ def attention_forward_kernel(
     cu_seqlens_k_ptr,  # int32 (B + 1,): packed key row offsets (VARLEN only)
     seed_ptr,          # int64 (1,): Philox seed (DROPOUT only)
     out_ptr,           # (B, H, Lq, Ev) or (total_q, H, Ev): output, written
-    lse_ptr,           # fp32 (B, H, Lq) or (H, total_q): row log-sum-exp, written
+    lse_ptr,           # fp32 (B, H, Lq) or (H, total_q): base-2 row log-sum-exp, written
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -143,13 +142,13 @@ def attention_forward_kernel(
         HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, MASK, MASK_PER_KEY,
         IS_CAUSAL, True, DROPOUT, DOT_PRECISION)
 
-    # A row that may attend to no key has sum 0: it gets zeros and lse = -inf.
+    # A row that may attend to no key has sum 0: it gets zeros and lse2 = -inf.
     attended = row_sum > 0.0
     safe_sum = tl.where(attended, row_sum, 1.0)
     out = acc / safe_sum[:, None]
     if DROPOUT:
         out = out * (1.0 / (1.0 - dropout_p))
-    lse = tl.where(attended, (row_max + tl.math.log2(safe_sum)) * LN2, float("-inf"))
+    lse = tl.where(attended, row_max + tl.math.log2(safe_sum), float("-inf"))
 
     value_dims = tl.arange(0, BLOCK_DV)
     out_base = out_ptr + batch * stride_ob + head * stride_oh + q_start * stride_om

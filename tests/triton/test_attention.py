@@ -7,6 +7,7 @@ at realistic sizes in bf16 and fp16.
 
 import contextlib
 import math
+import zlib
 from unittest import mock
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 import fasttx
 from fasttx import random as philox
 from fasttx.testing import (
+    DEFAULT_FLOOR,
     MASK_KINDS,
     assert_within_budget,
     attention_inputs,
@@ -68,8 +70,13 @@ def check_within_budget(q, k, v, mask, kind, scale=None, seed=0):
     got = torch.autograd.grad(out, inputs, grad)
     want = torch.autograd.grad(expected, wide, grad.double())
     base = torch.autograd.grad(baseline, inputs, grad)
+    # dS = P (dO.v - rowsum(dO * O)) cancels terms of size |dO||v|: where plain PyTorch's
+    # softmax gradient is exact (a row with one allowed key) the kernels' differently
+    # ordered sums leave a few units in the last place at that scale.
+    floor = max(DEFAULT_FLOOR[dtype],
+                4 * torch.finfo(dtype).eps * float(grad.abs().max() * v.detach().abs().max()))
     for name, g, w, b in zip(("dq", "dk", "dv", "dmask"), got, want, base, strict=False):
-        assert_within_budget(g, w, b, factor=3.0, name=name)
+        assert_within_budget(g, w, b, factor=3.0, floor=floor, name=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
@@ -77,7 +84,7 @@ def check_within_budget(q, k, v, mask, kind, scale=None, seed=0):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference_within_budget(shape, mask_kind, dtype):
     batch, heads, kv_heads, len_q, len_k, dim, value_dim = shape
-    seed = hash((shape, mask_kind)) % 1000
+    seed = zlib.crc32(repr((shape, mask_kind)).encode()) % 1000  # reproducible across runs
     q, k, v = attention_inputs(batch, heads, len_q, len_k, dim, kv_heads=kv_heads,
                                value_dim=value_dim, dtype=dtype, device=DEVICE,
                                requires_grad=True, seed=seed)
@@ -226,7 +233,8 @@ def test_key_tiles_outside_the_padding_and_right_of_the_diagonal_are_never_read(
         causal_k, causal_v = k.detach().clone(), v.detach().clone()
         causal_k[:, :, 16:], causal_v[:, :, 16:] = math.nan, math.nan  # seen by rows >= 16
         out = sdpa(q, causal_k, causal_v, None, "causal", "triton")
-    torch.testing.assert_close(out[:, :, :16], sdpa(q, k, v, None, "causal", "reference")[:, :, :16])
+    expected = sdpa(q, k, v, None, "causal", "reference")
+    torch.testing.assert_close(out[:, :, :16], expected[:, :, :16])
 
 
 def test_strided_inputs_are_read_in_place():
