@@ -42,21 +42,25 @@ MAX_HEAD_DIM = 256
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per architecture. The forward and dQ kernels
 # keep BLOCK_M query rows resident and stream BLOCK_N keys; the dK/dV kernel keeps BLOCK_N
-# keys resident and streams BLOCK_M queries, so it favours the transposed shapes.
+# keys resident and streams BLOCK_M queries, so it favours the transposed shapes. Chosen
+# from ptxas's resource usage (compiled ahead of time for sm_90, head dims 64 and 128):
+# every Hopper config here runs without register spills for plain attention; the
+# smaller ones also for dropout + mask + causal, which needs more registers.
 _CONFIGS = {
     "forward": {
-        "hopper": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3),
-                   (64, 64, 4, 3), (64, 32, 4, 2)],
-        "ampere": [(128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
+        "hopper": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3),
+                   (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
+        "ampere": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
     },
     "dkdv": {
-        "hopper": [(64, 128, 8, 3), (32, 128, 8, 3), (32, 128, 4, 3), (32, 64, 4, 3),
-                   (32, 64, 4, 2)],
-        "ampere": [(32, 128, 8, 2), (32, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2)],
+        "hopper": [(32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 8, 2), (16, 64, 8, 2),
+                   (32, 32, 4, 2)],
+        "ampere": [(32, 128, 8, 2), (32, 64, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
     },
     "dq": {
-        "hopper": [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
-        "ampere": [(128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2)],
+        "hopper": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2),
+                   (32, 32, 4, 2)],
+        "ampere": [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 2)],
     },
 }
 _AUTOTUNE_KEY = ["HEAD_DIM", "VALUE_DIM", "MASK", "MASK_PER_KEY", "IS_CAUSAL", "DROPOUT",
@@ -69,6 +73,18 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _shared_memory(kind, block_m, block_n, stages, element_size, block_d, block_dv,
+                   mask_element_size=0):
+    """Bytes of shared memory a config needs: the resident tile, ``stages`` buffers of the
+    streamed tiles, and for a mask read tile by tile (``mask_element_size`` > 0) its
+    pipelined tiles; at or above what ptxas reports for sm_90."""
+    width = block_d + block_dv
+    resident = {"forward": block_m * block_d, "dq": block_m * width, "dkdv": block_n * width}
+    streamed = block_m if kind == "dkdv" else block_n
+    mask_tiles = (stages - 1) * block_m * block_n * mask_element_size
+    return element_size * (resident[kind] + stages * streamed * width) + mask_tiles
+
+
 def _prune(kind):
     """Keeps the configs of this GPU's architecture whose tiles fit its shared memory."""
 
@@ -76,12 +92,15 @@ def _prune(kind):
         properties = torch.cuda.get_device_properties(named_args["q_ptr"].device)
         wanted = set(_CONFIGS[kind]["hopper" if properties.major >= 9 else "ampere"])
         budget = getattr(properties, "shared_memory_per_block_optin", 101376)
-        width = named_args["q_ptr"].element_size() * (kwargs["BLOCK_D"] + kwargs["BLOCK_DV"])
+        element_size = named_args["q_ptr"].element_size()
+        mask_tiled = kwargs["MASK"] != "none" and not kwargs["MASK_PER_KEY"]
+        mask_size = named_args["mask_ptr"].element_size() if mask_tiled else 0
         kept = [c for c in configs
                 if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted
-                and c.num_stages * max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * width
-                <= budget]
-        return kept or configs[-1:]
+                and _shared_memory(kind, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages,
+                                   element_size, kwargs["BLOCK_D"], kwargs["BLOCK_DV"],
+                                   mask_size) <= budget]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
     return prune
 
 

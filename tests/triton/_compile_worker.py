@@ -51,7 +51,14 @@ def main():
                 source(kernel, specs, dict(meta, BLOCK_M=block_m, BLOCK_N=block_n)),
                 target=GPUTarget("cuda", CAPABILITY[arch], 32),
                 options=dict(num_warps=warps, num_stages=stages))
+            sizes = {"fp16": 2, "bf16": 2, "fp32": 4, "u8": 1}
+            mask_size = (sizes[specs[3][1]] if meta["MASK"] != "none"
+                         and not meta["MASK_PER_KEY"] else 0)  # specs[3]: the mask pointer
+            estimate = attention._shared_memory(kind, block_m, block_n, stages,
+                                                sizes[specs[0][1]], meta["BLOCK_D"],
+                                                meta["BLOCK_DV"], mask_size)
             results.append({"kind": kind, "arch": arch, "shared": compiled.metadata.shared,
+                            "estimated_shared": estimate,
                             "cubin_bytes": len(compiled.asm["cubin"]),
                             "wgmma": "wgmma" in compiled.asm["ptx"]})
     json.dump(results, sys.stdout)

@@ -5,8 +5,8 @@ constexpr, a type mismatch between branches...). These tests record the exact la
 real calls (under the interpreter on CPU) and compile each one ahead of time for Ampere
 and Hopper with Triton's own compiler and the ptxas it ships, specialising the arguments
 the way Triton's JIT does (ints equal to 1 become constants, multiples of 16 and aligned
-pointers carry divisibility hints), with each architecture's first autotuning config.
-No GPU is needed.
+pointers carry divisibility hints), with each architecture's first autotuning config, and check the
+shared-memory estimate that config pruning relies on. No GPU is needed.
 """
 
 import json
@@ -65,6 +65,8 @@ def compile_launches(launches, architectures):
     for result in compiled:
         if result["arch"] == "hopper":  # tensor cores through warp-group MMA
             assert result["wgmma"], result
+        # the autotuner's pruning trusts this estimate: it must not fall short
+        assert result["shared"] <= result["estimated_shared"] + 1024, result
 
 
 def forward_backward(q, k, v, **kwargs):
