@@ -45,8 +45,8 @@ def attention_backward_preprocess_kernel(
     VALUE_DIM: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    head = tl.program_id(1)
-    batch = tl.program_id(2)
+    head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
+    batch = tl.program_id(2).to(tl.int64)
     value_dims = tl.arange(0, BLOCK_DV)
     ok = (rows[:, None] < num_rows) & (value_dims[None, :] < VALUE_DIM)
     out = tl.load(out_ptr + batch * stride_ob + head * stride_oh + rows[:, None] * stride_om
@@ -138,8 +138,8 @@ def attention_backward_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
-    kv_head = tl.program_id(1)
-    batch = tl.program_id(2)
+    kv_head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
+    batch = tl.program_id(2).to(tl.int64)
     num_heads = tl.num_programs(1) * group_size
     q_start, seq_len_q, k_start, seq_len_k = sequence_bounds(
         cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k, VARLEN)
@@ -238,7 +238,8 @@ def _dq_key_tiles(
             grad_probs = tl.where(keep, grad_probs * (1.0 / (1.0 - dropout_p)), 0.0)
         grad_scores = probs * (grad_probs - delta[:, None])
         if MASK_GRAD:
-            tl.store(grad_mask_base + rows[:, None] * stride_gmm + cols[None, :] * stride_gmn,
+            tl.store(grad_mask_base + rows[:, None].to(tl.int64) * stride_gmm
+                     + cols[None, :] * stride_gmn,
                      grad_scores, mask=(rows[:, None] < seq_len_q) & key_ok[None, :])
         grad_q = tl.dot(grad_scores.to(k_t.dtype), tl.trans(k_t), grad_q,
                         input_precision=DOT_PRECISION)
@@ -269,8 +270,8 @@ def attention_backward_dq_kernel(
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
-    head = tl.program_id(1)
-    batch = tl.program_id(2)
+    head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
+    batch = tl.program_id(2).to(tl.int64)
     num_heads = tl.num_programs(1)
     kv_head = head // group_size
     q_start, seq_len_q, k_start, seq_len_k = sequence_bounds(

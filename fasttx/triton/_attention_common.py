@@ -27,11 +27,13 @@ def sequence_bounds(cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k,
     Dense batches: every sequence has the full lengths and starts at row 0 of its batch
     slice. Packed batches: rows cu_seqlens[b]:cu_seqlens[b + 1] of the packed tensors.
     """
-    if VARLEN:
+    if VARLEN:  # row offsets in int64: packed rows x row stride may pass 2**31
         q_start = tl.load(cu_seqlens_q_ptr + batch)
         seq_len_q = tl.load(cu_seqlens_q_ptr + batch + 1) - q_start
         k_start = tl.load(cu_seqlens_k_ptr + batch)
         seq_len_k = tl.load(cu_seqlens_k_ptr + batch + 1) - k_start
+        q_start = q_start.to(tl.int64)
+        k_start = k_start.to(tl.int64)
     else:
         q_start = 0
         seq_len_q = len_q
@@ -86,8 +88,8 @@ def masked_scores(qk, q_idx, k_idx, mask_base, seq_len_q, seq_len_k, qk_scale,
             mask = tl.load(mask_base + k_idx * stride_mn, mask=k_idx < seq_len_k, other=0)
         else:
             in_bounds = (q_idx < seq_len_q) & (k_idx < seq_len_k)
-            mask = tl.load(mask_base + q_idx * stride_mm + k_idx * stride_mn, mask=in_bounds,
-                           other=0)
+            mask = tl.load(mask_base + q_idx.to(tl.int64) * stride_mm + k_idx * stride_mn,
+                           mask=in_bounds, other=0)
         if MASK == "bool":
             scores = tl.where(mask != 0, scores, float("-inf"))
         else:  # float mask, upcast to fp32 and moved to base 2 like the scores

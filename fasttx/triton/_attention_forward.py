@@ -101,8 +101,8 @@ def attention_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
-    head = tl.program_id(1)
-    batch = tl.program_id(2)
+    head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
+    batch = tl.program_id(2).to(tl.int64)
     num_heads = tl.num_programs(1)
     q_start, seq_len_q, k_start, seq_len_k = sequence_bounds(
         cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k, VARLEN)
