@@ -63,6 +63,8 @@ _CONFIGS = {
         "ampere": [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 2)],
     },
 }
+# when no listed config fits the shared memory (large fp32 tiles on a smaller GPU)
+_SMALLEST_CONFIG = (32, 32, 4, 1)
 _AUTOTUNE_KEY = ["HEAD_DIM", "VALUE_DIM", "MASK", "MASK_PER_KEY", "IS_CAUSAL", "DROPOUT",
                  "VARLEN", "length_bucket"]  # the autotuner adds every tensor's dtype
 _INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
@@ -100,7 +102,11 @@ def _prune(kind):
                 and _shared_memory(kind, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages,
                                    element_size, kwargs["BLOCK_D"], kwargs["BLOCK_DV"],
                                    mask_size) <= budget]
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        if kept:
+            return kept
+        block_m, block_n, warps, stages = _SMALLEST_CONFIG  # e.g. fp32, head dim 256
+        return [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
+                              num_stages=stages)]
     return prune
 
 
