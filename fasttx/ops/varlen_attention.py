@@ -96,6 +96,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         cu_seqlens_q, cu_seqlens_k: int32 (B + 1,) prefix sums of the lengths, from 0 to
             total_q / total_k; sequence b is rows cu[b]:cu[b+1]. On the device of q.
         max_seqlen_q, max_seqlen_k: the longest lengths (ints), for the kernels' grids.
+            Checked against cu_seqlens on CPU tensors only (on a GPU that would cost a
+            device sync): a value below the longest length leaves rows uncomputed.
         dropout_p, is_causal, scale, backend: as in :func:`scaled_dot_product_attention`;
             ``is_causal`` is top-left aligned within each sequence.
 
