@@ -29,6 +29,7 @@ from fasttx.triton._attention_common import (
     dropout_keep,
     key_tile_range,
     masked_scores,
+    program_tile,
     sequence_bounds,
 )
 
@@ -41,12 +42,11 @@ def attention_backward_preprocess_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_db, stride_dh,
-    num_rows,
+    num_rows, num_heads,
     VALUE_DIM: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
-    batch = tl.program_id(2).to(tl.int64)
+    start_m, head, batch = program_tile(num_rows, num_heads, BLOCK_M)
+    rows = start_m + tl.arange(0, BLOCK_M)
     value_dims = tl.arange(0, BLOCK_DV)
     ok = (rows[:, None] < num_rows) & (value_dims[None, :] < VALUE_DIM)
     out = tl.load(out_ptr + batch * stride_ob + head * stride_oh + rows[:, None] * stride_om
@@ -129,7 +129,7 @@ def attention_backward_dkdv_kernel(
     stride_lb, stride_lh,                         # lse and delta
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    group_size, len_q, len_k, qk_scale, scale, dropout_p,
+    num_kv_heads, group_size, len_q, len_k, qk_scale, scale, dropout_p,
     length_bucket,     # next power of two of the longest length: an autotuning key only
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -137,10 +137,8 @@ def attention_backward_dkdv_kernel(
     DROPOUT: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    kv_head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
-    batch = tl.program_id(2).to(tl.int64)
-    num_heads = tl.num_programs(1) * group_size
+    start_n, kv_head, batch = program_tile(len_k, num_kv_heads, BLOCK_N)
+    num_heads = num_kv_heads * group_size
     q_start, seq_len_q, k_start, seq_len_k = sequence_bounds(
         cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k, VARLEN)
 
@@ -261,7 +259,7 @@ def attention_backward_dq_kernel(
     stride_lb, stride_lh,                         # lse and delta
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_gmb, stride_gmh, stride_gmm, stride_gmn,
-    group_size, len_q, len_k, qk_scale, scale, dropout_p,
+    num_heads, group_size, len_q, len_k, qk_scale, scale, dropout_p,
     length_bucket,     # next power of two of the longest length: an autotuning key only
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -269,10 +267,7 @@ def attention_backward_dq_kernel(
     DROPOUT: tl.constexpr, MASK_GRAD: tl.constexpr, VARLEN: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
-    batch = tl.program_id(2).to(tl.int64)
-    num_heads = tl.num_programs(1)
+    start_m, head, batch = program_tile(len_q, num_heads, BLOCK_M)
     kv_head = head // group_size
     q_start, seq_len_q, k_start, seq_len_k = sequence_bounds(
         cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k, VARLEN)

@@ -20,6 +20,19 @@ LOG2E = tl.constexpr(1.4426950408889634)  # globals read inside kernels must be 
 
 
 @triton.jit
+def program_tile(num_rows, num_heads, BLOCK: tl.constexpr):
+    """(first row, head, batch) of this program's tile in the 1D grid over
+    tiles x heads x batch, tiles fastest (programs sharing a head's keys and values run
+    together; one axis has no 65535 limit). Head and batch in int64: the offsets they
+    scale can pass 2**31 elements."""
+    pid = tl.program_id(0)
+    num_tiles = tl.cdiv(num_rows, BLOCK)
+    rest = pid // num_tiles
+    return (pid % num_tiles) * BLOCK, (rest % num_heads).to(tl.int64), \
+        (rest // num_heads).to(tl.int64)
+
+
+@triton.jit
 def sequence_bounds(cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k,
                     VARLEN: tl.constexpr):
     """(first query row, query length, first key row, key length) of sequence ``batch``.
@@ -92,8 +105,11 @@ def masked_scores(qk, q_idx, k_idx, mask_base, seq_len_q, seq_len_k, qk_scale,
                            mask=in_bounds, other=0)
         if MASK == "bool":
             scores = tl.where(mask != 0, scores, float("-inf"))
-        else:  # float mask, upcast to fp32 and moved to base 2 like the scores
-            scores = scores + mask.to(tl.float32) * LOG2E
+        else:  # float mask, upcast to fp32 and moved to base 2 like the scores; a finite
+            # value stays finite (finfo.min * log2(e) would overflow), as it does in torch
+            bias = mask.to(tl.float32)
+            bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias * LOG2E, -3.4028234e38))
+            scores = scores + bias
     if CAUSAL:
         scores = tl.where(k_idx <= q_idx, scores, float("-inf"))
     if BOUNDS:

@@ -21,6 +21,7 @@ from fasttx.triton._attention_common import (
     dropout_keep,
     key_tile_range,
     masked_scores,
+    program_tile,
     sequence_bounds,
 )
 
@@ -88,6 +89,7 @@ def attention_forward_kernel(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_lb, stride_lh,
+    num_heads,         # H
     group_size,        # H // Hk: query heads per key/value head
     len_q, len_k,      # dense lengths (varlen: the max lengths, for the dropout layout)
     qk_scale,          # scale * log2(e)
@@ -100,10 +102,7 @@ def attention_forward_kernel(
     VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    head = tl.program_id(1).to(tl.int64)  # int64: offsets of large batches pass 2**31
-    batch = tl.program_id(2).to(tl.int64)
-    num_heads = tl.num_programs(1)
+    start_m, head, batch = program_tile(len_q, num_heads, BLOCK_M)
     q_start, seq_len_q, k_start, seq_len_k = sequence_bounds(
         cu_seqlens_q_ptr, cu_seqlens_k_ptr, batch, len_q, len_k, VARLEN)
     kv_head = head // group_size

@@ -221,10 +221,20 @@ def _allowed_key_range(rows):
     return torch.stack([first, last], 1).to(torch.int32)
 
 
+def _tf32_matmuls_allowed() -> bool:
+    """Whether torch lets fp32 matmuls use TF32, by the newer fp32_precision settings when
+    set (reading the legacy flag then raises), else by ``allow_tf32``."""
+    for precision in (getattr(torch.backends.cuda.matmul, "fp32_precision", "none"),
+                      getattr(torch.backends, "fp32_precision", "none")):
+        if precision != "none":
+            return precision == "tf32"
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 def _meta(q, k, v, mask, seqs, is_causal, dropout_p):
     """Compile-time constants and the autotuning key shared by the kernels."""
     dim, value_dim = k.shape[-1], v.shape[-1]
-    tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    tf32 = q.dtype == torch.float32 and _tf32_matmuls_allowed()
     return dict(
         HEAD_DIM=dim, VALUE_DIM=value_dim,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
@@ -235,18 +245,35 @@ def _meta(q, k, v, mask, seqs, is_causal, dropout_p):
     )
 
 
+def _check_row_offsets(seqs, mask, **tensors):
+    """Offsets within one sequence are 32-bit in the kernels (batch and head offsets are
+    64-bit): refuse the rare layout where a row offset would pass 2**31 elements."""
+    rows = {"q": seqs.len_q, "k": seqs.len_k, "v": seqs.len_k}
+    limits = [(name, rows.get(name, seqs.len_q) * seqs.strides(t)[2])
+              for name, t in tensors.items()]
+    if mask.kind != "none":
+        limits.append(("attn_mask", seqs.len_q * mask.strides[2] + seqs.len_k * mask.strides[3]))
+    for name, extent in limits:
+        if extent >= 2**31:
+            raise ValueError(f"{name}: one sequence spans {extent} elements through its row "
+                             f"stride; the triton attention kernels address up to 2**31 - 1 "
+                             f"within a sequence (make the tensor contiguous, or split it)")
+
+
 def launch_forward(seqs, q, k, v, mask, dropout_seed, dropout_p, is_causal, scale, out, lse):
     """Writes out and lse for dense or packed q, k, v (see :class:`Sequences`)."""
+    _check_row_offsets(seqs, mask, q=q, k=k, v=v)
     heads, kv_heads = q.shape[1], k.shape[1]  # dense (B, H, L, E) and packed (total, H, E)
     cu_q, cu_k = seqs.cu_seqlens(q)
     meta = _meta(q, k, v, mask, seqs, is_causal, dropout_p)
-    grid = lambda m: (triton.cdiv(seqs.len_q, m["BLOCK_M"]), heads, seqs.batch)  # noqa: E731
+    grid = lambda m: (triton.cdiv(seqs.len_q, m["BLOCK_M"]) * heads * seqs.batch,)  # noqa: E731
     _launch(
         "forward", grid, q, k, v, mask.tensor, mask.key_range, cu_q, cu_k,
         q if dropout_seed is None else dropout_seed, out, lse,
         *seqs.strides(q), *seqs.strides(k), *seqs.strides(v), *mask.strides, *seqs.strides(out),
-        *seqs.stat_strides(lse), heads // kv_heads, seqs.len_q, seqs.len_k, scale * LOG2E.value,
-        dropout_p, triton.next_power_of_2(max(seqs.len_q, seqs.len_k)), **meta)
+        *seqs.stat_strides(lse), heads, heads // kv_heads, seqs.len_q, seqs.len_k,
+        scale * LOG2E.value, dropout_p, triton.next_power_of_2(max(seqs.len_q, seqs.len_k)),
+        **meta)
 
 
 def attention_forward(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale):
@@ -264,16 +291,19 @@ def launch_backward(seqs, grad_out, q, k, v, mask, out, lse, dropout_seed, dropo
                     scale, grad_q, grad_k, grad_v, grad_mask):
     """Writes dq, dk, dv (and dS into grad_mask when it is not None) for dense or packed
     inputs; grad_mask must be a zero-filled dense (B, H, Lq, Lk) tensor."""
+    _check_row_offsets(seqs, mask, q=q, k=k, v=v, grad_out=grad_out)
+    if grad_mask is not None:
+        _check_row_offsets(seqs, Mask("float", False, grad_mask, grad_mask.stride(), q))
     heads, kv_heads = q.shape[1], k.shape[1]
     cu_q, cu_k = seqs.cu_seqlens(q)
     seed = q if dropout_seed is None else dropout_seed
     meta = _meta(q, k, v, mask, seqs, is_causal, dropout_p)
     rows = q.shape[0] if seqs.packed else seqs.len_q
     delta = torch.empty_like(lse)
-    attention_backward_preprocess_kernel[(triton.cdiv(rows, 64), heads,
-                                          1 if seqs.packed else seqs.batch)](
+    batches = 1 if seqs.packed else seqs.batch  # packed rows form one sequence here
+    attention_backward_preprocess_kernel[(triton.cdiv(rows, 64) * heads * batches,)](
         out, grad_out, delta, *seqs.strides(out), *seqs.strides(grad_out),
-        *seqs.stat_strides(delta), rows, VALUE_DIM=meta["VALUE_DIM"],
+        *seqs.stat_strides(delta), rows, heads, VALUE_DIM=meta["VALUE_DIM"],
         BLOCK_DV=meta["BLOCK_DV"], BLOCK_M=64)
 
     shared = (q, k, v, mask.tensor, mask.key_range, cu_q, cu_k, seed, grad_out, lse, delta)
@@ -281,21 +311,21 @@ def launch_backward(seqs, grad_out, q, k, v, mask, out, lse, dropout_seed, dropo
                *seqs.strides(grad_out), *seqs.stat_strides(lse))
     sizes = (heads // kv_heads, seqs.len_q, seqs.len_k, scale * LOG2E.value, scale, dropout_p,
              triton.next_power_of_2(max(seqs.len_q, seqs.len_k)))
-    _launch("dkdv", lambda m: (triton.cdiv(seqs.len_k, m["BLOCK_N"]), kv_heads, seqs.batch),
+    _launch("dkdv", lambda m: (triton.cdiv(seqs.len_k, m["BLOCK_N"]) * kv_heads * seqs.batch,),
             *shared, grad_k, grad_v, *strides, *seqs.strides(grad_k), *seqs.strides(grad_v),
-            *sizes, **meta)
+            kv_heads, *sizes, **meta)
     mask_grad = grad_mask is not None
-    _launch("dq", lambda m: (triton.cdiv(seqs.len_q, m["BLOCK_M"]), heads, seqs.batch),
+    _launch("dq", lambda m: (triton.cdiv(seqs.len_q, m["BLOCK_M"]) * heads * seqs.batch,),
             *shared, grad_q, grad_mask if mask_grad else q, *strides, *seqs.strides(grad_q),
-            *(grad_mask.stride() if mask_grad else (0, 0, 0, 0)), *sizes, MASK_GRAD=mask_grad,
-            **meta)
+            *(grad_mask.stride() if mask_grad else (0, 0, 0, 0)), heads, *sizes,
+            MASK_GRAD=mask_grad, **meta)
 
 
 def attention_backward(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p,
                        is_causal, scale, mask_needs_grad):
     """As ``fasttx.reference.attention.attention_backward``: dq, dk, dv, d(attn_mask)."""
     batch, heads, len_q, _ = q.shape
-    grad_q, grad_k, grad_v = (torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    grad_q, grad_k, grad_v = (torch.empty_like(t, memory_format=torch.contiguous_format)
                               for t in (q, k, v))
     grad_mask = None
     if mask_needs_grad:

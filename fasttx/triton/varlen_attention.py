@@ -2,9 +2,9 @@
 
 The dense attention kernels serve packed batches too (``VARLEN``): a program reads its
 sequence's row offsets from cu_seqlens and addresses q, k, v (total, H, E) with batch
-stride 0, so no padding is stored or computed; programs whose query tile lies past their
-sequence's end exit at once. Dropout counters use the padded (B, H, max_seqlen_q,
-max_seqlen_k) layout, as the reference does.
+stride 0, so no padding is stored or computed; a program whose query tile lies past its
+sequence's end gets empty loops and stores nothing. Dropout counters use the padded
+(B, H, max_seqlen_q, max_seqlen_k) layout, as the reference does.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
 def varlen_attention_backward(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, out, lse, dropout_seed, dropout_p, is_causal, scale):
     """Returns dq (total_q, H, E), dk (total_k, Hk, E), dv (total_k, Hk, Ev)."""
-    grad_q, grad_k, grad_v = (torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    grad_q, grad_k, grad_v = (torch.empty_like(t, memory_format=torch.contiguous_format)
                               for t in (q, k, v))
     seqs = Sequences(cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k, cu_seqlens_q,
                      cu_seqlens_k)

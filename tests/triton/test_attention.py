@@ -8,7 +8,6 @@ at realistic sizes in bf16 and fp16.
 import contextlib
 import math
 import zlib
-from unittest import mock
 
 import pytest
 import torch
@@ -29,6 +28,7 @@ from fasttx.testing import (
     random_tensor,
     requires_triton,
 )
+from tests.triton.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_attention = pytest.importorskip("fasttx.triton.attention")
@@ -201,19 +201,26 @@ def test_dropout_is_reproducible_under_manual_seed():
     assert torch.equal(first, second) and not torch.equal(first, third)
 
 
-@pytest.mark.parametrize("blocks", [(16, 32), (32, 16), (64, 64)])
+@pytest.mark.parametrize("blocks", [(16, 32), (32, 16), (16, 64), (64, 64)])
 def test_results_do_not_depend_on_the_tiles(blocks):
     """What autotuning may pick changes the summation order, never the result or the
     dropout mask."""
     q, k, v = dropout_inputs(12)
+    q, k = (t.requires_grad_(True) for t in (q, k))
+    values = random_tensor(2, 3, 21, 8, device=DEVICE, seed=13, requires_grad=True)
     mask = key_padding_mask([21, 9], 21, device=DEVICE)
-    outputs = []
+    outputs, grads = [], []
     for tiles in ((16, 16), blocks):
-        torch.manual_seed(3)
         with triton_attention.fixed_blocks(*tiles):
+            torch.manual_seed(3)
             outputs.append(sdpa(q, k, v, mask, "key_padding+causal", "triton", dropout_p=0.2))
+            torch.manual_seed(4)  # unequal tiles through the backward's diagonal logic too
+            out = sdpa(q, k, values, mask, "key_padding+causal", "triton", dropout_p=0.2)
+            grads.append(torch.autograd.grad(out, (q, k, values), torch.ones_like(out)))
     assert torch.equal(outputs[0] == 0, outputs[1] == 0)
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+    for first, second in zip(*grads, strict=True):
+        torch.testing.assert_close(first, second, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # rows >= 16 see NaN
@@ -242,16 +249,9 @@ def test_strided_inputs_are_read_in_place():
     x = random_tensor(2, 11, 3 * 32, device=DEVICE, seed=14, requires_grad=True)
     q, k, v = (t.unflatten(-1, (2, 16)).transpose(1, 2) for t in x.chunk(3, dim=-1))
     mask = key_padding_mask([11, 4], 11, device=DEVICE)
-    launches = []
-    real_launch = triton_attention._launch
-
-    def spy(kind, grid, *args, **meta):
-        launches.append((kind, args))
-        real_launch(kind, grid, *args, **meta)
-
-    with mock.patch.object(triton_attention, "_launch", spy):
+    with recorded_launches(triton_attention) as launches:
         out = sdpa(q, k, v, mask, "key_padding", "triton")
-    kind, args = launches[0]
+    kind, args, _ = launches[0]
     assert kind == "forward" and args[0].data_ptr() == q.data_ptr()
     assert args[0].stride() == q.stride() and not args[0].is_contiguous()
     assert args[3].stride()[1:3] == (0, 0)  # the mask, broadcast over heads and queries
@@ -376,3 +376,27 @@ def test_multihead_attention_module_matches_the_reference(cross):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # clamped at once
+def test_finite_float_mask_minimum_stays_finite_as_in_torch():
+    """finfo.min as the masked value (a common convention): a row masked entirely with it
+    averages the values, as torch does, instead of overflowing to -inf."""
+    q, k, v = attention_inputs(2, 2, 9, 13, 16, device=DEVICE, seed=16)
+    mask = torch.zeros(2, 1, 9, 13, device=DEVICE)
+    mask[0, 0, 4] = torch.finfo(torch.float32).min
+    mask[1, 0, :, 7:] = torch.finfo(torch.float32).min
+    out = sdpa(q, k, v, mask, "float", "triton")
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask))
+    torch.testing.assert_close(out[0, :, 4], v[0].mean(-2))
+
+
+def test_row_offsets_past_32_bits_are_refused_with_the_tensor_named():
+    huge = torch.empty(0, device="meta").as_strided((1, 1, 4, 16), (0, 0, 2**30, 1))
+    sequences = triton_attention.Sequences(batch=1, len_q=4, len_k=4)
+    no_mask = triton_attention.Mask.of(None, huge)
+    small = torch.empty(1, 1, 4, 16, device="meta")
+    triton_attention._check_row_offsets(sequences, no_mask, q=small, k=small, v=small)
+    with pytest.raises(ValueError, match="k: one sequence spans"):
+        triton_attention._check_row_offsets(sequences, no_mask, q=small, k=huge, v=small)

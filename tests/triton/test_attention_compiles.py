@@ -13,13 +13,13 @@ import json
 import os
 import subprocess
 import sys
-from unittest import mock
 
 import pytest
 import torch
 
 import fasttx
 from fasttx.testing import attention_inputs, key_padding_mask, requires_triton
+from tests.triton.launches import recorded_launches
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")
@@ -31,14 +31,7 @@ TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
 
 def record_launches(call):
     """(kind, argument specs, meta) of every kernel launch inside ``call()``."""
-    launches = []
-    real_launch = triton_attention._launch
-
-    def spy(kind, grid, *args, **meta):
-        launches.append((kind, [argument_spec(a) for a in args], meta))
-        real_launch(kind, grid, *args, **meta)
-
-    with mock.patch.object(triton_attention, "_launch", spy):
+    with recorded_launches(triton_attention, argument_spec) as launches:
         call()
     return launches
 
