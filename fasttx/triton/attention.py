@@ -79,7 +79,9 @@ def _shared_memory(kind, block_m, block_n, stages, element_size, block_d, block_
                    mask_element_size=0):
     """Bytes of shared memory a config needs: the resident tile, ``stages`` buffers of the
     streamed tiles, and for a mask read tile by tile (``mask_element_size`` > 0) its
-    pipelined tiles; at or above what ptxas reports for sm_90."""
+    pipelined tiles. At or above what ptxas reports for 16-bit inputs on sm_90 (the tests
+    check it); fp32 full-precision dot products can need more, and the autotuner skips a
+    config that still does not fit."""
     width = block_d + block_dv
     resident = {"forward": block_m * block_d, "dq": block_m * width, "dkdv": block_n * width}
     streamed = block_m if kind == "dkdv" else block_n
