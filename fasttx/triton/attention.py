@@ -293,9 +293,7 @@ def launch_backward(seqs, grad_out, q, k, v, mask, out, lse, dropout_seed, dropo
                     scale, grad_q, grad_k, grad_v, grad_mask):
     """Writes dq, dk, dv (and dS into grad_mask when it is not None) for dense or packed
     inputs; grad_mask must be a zero-filled dense (B, H, Lq, Lk) tensor."""
-    _check_row_offsets(seqs, mask, q=q, k=k, v=v, grad_out=grad_out)
-    if grad_mask is not None:
-        _check_row_offsets(seqs, Mask("float", False, grad_mask, grad_mask.stride(), q))
+    _check_row_offsets(seqs, mask, q=q, k=k, v=v, grad_out=grad_out)  # dS rows are int64
     heads, kv_heads = q.shape[1], k.shape[1]
     cu_q, cu_k = seqs.cu_seqlens(q)
     seed = q if dropout_seed is None else dropout_seed
