@@ -4,6 +4,7 @@ Shapes: x, residual (N, D) (rows flattened by the functional API); weight, bias 
 
 Forward, step by step (statistics in fp32, fp64 for fp64 inputs):
     s = residual + dropout(x)       dropout(x) = x * keep / (1 - p); no residual: s = dropout(x)
+                                    rounded to the stream dtype (the residual's, else x's)
     mean = s.mean(-1); rstd = 1 / sqrt(s.var(-1, unbiased=False) + eps)
     y = (s - mean) * rstd * weight + bias
 
@@ -27,6 +28,8 @@ def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout
         summed = summed * keep_scale
     if residual is not None:
         summed = summed + residual.to(acc)
+    # statistics of s as returned (rounded to the stream dtype), which the backward reads
+    summed = summed.to(stream_dtype).to(acc)
     mean = summed.mean(-1)
     rstd = torch.rsqrt(summed.var(-1, unbiased=False) + eps)
     y = (summed - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)

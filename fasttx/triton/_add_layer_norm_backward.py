@@ -106,6 +106,8 @@ def add_layer_norm_backward_kernel(
         dy, xhat, g = normalised_and_scaled_grad(
             grad_y_ptr, stream_ptr, weight_ptr, rows[:, None], cols[None, :], ok,
             mean[:, None], rstd[:, None], dim, HAS_WEIGHT)
+        sum_dy_xhat += tl.sum(dy * xhat, 0)  # dy dies here: fewer live registers below
+        sum_dy += tl.sum(dy, 0)
         if ROW_DOTS_GIVEN:
             mean_g_xhat = tl.load(row_dots_ptr + rows, mask=row_ok, other=0.0)
             mean_g = tl.load(row_dots_ptr + n_rows + rows, mask=row_ok, other=0.0)
@@ -123,8 +125,6 @@ def add_layer_norm_backward_kernel(
             keep = tl.rand(seed, offsets) >= dropout_p
             ds = tl.where(keep, ds * dropout_scale, 0.0)
         tl.store(grad_x_ptr + offsets, ds.to(grad_x_ptr.dtype.element_ty), mask=ok)
-        sum_dy_xhat += tl.sum(dy * xhat, 0)
-        sum_dy += tl.sum(dy, 0)
     tl.store(partial_weight_ptr + program * dim + cols, sum_dy_xhat, mask=col_ok)
     tl.store(partial_bias_ptr + program * dim + cols, sum_dy, mask=col_ok)
 

@@ -12,8 +12,11 @@ The launcher picks the kernel from the hidden size D:
   column chunks, for rows too wide for registers. The first walk writes s and merges
   each chunk's mean and squared deviations into the row's (Chan's parallel update: no
   catastrophic cancellation); the second reads s back, which the same program has just
-  written and so mostly comes from L2, and normalises it. The second walk normalises s as
-  stored (in the stream dtype), as plain PyTorch does.
+  written and so mostly comes from L2, and normalises it.
+
+The statistics and y are those of s as stored, rounded to the stream dtype (as plain PyTorch
+computes them, and as the backward reads s back): were they of the unrounded sum, a row of
+near-constant s would normalise its rounding error by a large rstd.
 """
 
 from __future__ import annotations
@@ -81,7 +84,10 @@ def add_layer_norm_forward_kernel(
     s = residual_stream(x_ptr, residual_ptr, rows.to(tl.int64)[:, None], cols[None, :], ok,
                         seed, dim, stride_x, stride_r, dropout_p, dropout_scale,
                         HAS_RESIDUAL, DROPOUT)
-    tl.store(stream_ptr + offsets, s.to(stream_ptr.dtype.element_ty), mask=ok)
+    # the statistics and y are of s as stored (and as the backward reads it back)
+    s = s.to(stream_ptr.dtype.element_ty)
+    tl.store(stream_ptr + offsets, s, mask=ok)
+    s = s.to(tl.float32)
 
     # two-pass statistics over the registers: mean first, then centred squares
     mean = tl.sum(s, 1) / dim
@@ -124,7 +130,9 @@ def add_layer_norm_forward_wide_kernel(
         ok = cols < dim
         s = residual_stream(x_ptr, residual_ptr, row, cols, ok, seed, dim, stride_x, stride_r,
                             dropout_p, dropout_scale, HAS_RESIDUAL, DROPOUT)
-        tl.store(stream_ptr + row * dim + cols, s.to(stream_ptr.dtype.element_ty), mask=ok)
+        s = s.to(stream_ptr.dtype.element_ty)  # statistics of s as stored
+        tl.store(stream_ptr + row * dim + cols, s, mask=ok)
+        s = s.to(tl.float32)
         chunk_count = tl.sum(ok.to(tl.float32), 0)
         chunk_mean = tl.sum(s, 0) / chunk_count
         deviation = tl.where(ok, s - chunk_mean, 0.0)

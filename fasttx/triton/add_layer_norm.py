@@ -10,7 +10,10 @@ meta-parameters of a memory-bound row kernel follow from the row size):
   program for small D so that each program moves about ``TILE_ELEMENTS`` elements;
 - wider rows are walked in ``WIDE_CHUNK``-column chunks (forward) or split into column
   blocks after a row-dot pre-pass (backward), so no hidden size spills registers;
-- warps: about eight elements per thread, which is one 16-byte load of a 16-bit tensor;
+- warps: about eight elements per thread, which is one 16-byte load of a 16-bit tensor,
+  and at most 16 warps (a whole 8192-column row at 32 warps would leave 64 registers per
+  thread for the backward and spill; at 16 it compiles to 128 without spills, but for 16
+  bytes per thread with dropout, whose Philox counters need registers too);
 - the backward's persistent grid: a few programs per SM, each summing its rows' dweight and
   dbias contributions in registers before the fixed-order second stage.
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 
 import torch
 import triton
@@ -35,12 +37,14 @@ from fasttx.triton._add_layer_norm_forward import (
     add_layer_norm_forward_kernel,
     add_layer_norm_forward_wide_kernel,
 )
+from fasttx.triton._settings import interpreting
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_REGISTER_ROW = 8192  # widest row (elements, rounded up to a power of two) kept whole
 WIDE_CHUNK = 4096        # columns per chunk or column block of wider rows
 TILE_ELEMENTS = 4096     # elements per program for small rows
 _ELEMENTS_PER_THREAD = 8
+_MAX_WARPS = 16
 _INTERPRETER_PROGRAMS = 3  # persistent programs under the interpreter: several, unevenly loaded
 _forced_chunk: int | None = None
 
@@ -74,10 +78,10 @@ class Plan:
     num_warps: int
 
     @classmethod
-    def of(cls, n_rows: int, dim: int) -> Plan:
+    def of(cls, dim: int) -> Plan:
         whole_row = triton.next_power_of_2(dim)
         if _forced_chunk is None and whole_row <= MAX_REGISTER_ROW:
-            rows = min(max(1, TILE_ELEMENTS // whole_row), triton.next_power_of_2(n_rows))
+            rows = max(1, TILE_ELEMENTS // whole_row)  # not fewer for small N: same registers
             return cls(False, rows, whole_row, _warps(rows * whole_row))
         chunk = _forced_chunk or WIDE_CHUNK
         return cls(True, 1, chunk, _warps(chunk))
@@ -86,18 +90,28 @@ class Plan:
         return triton.cdiv(dim, self.block_d)
 
 
+_KERNELS = {
+    "forward": add_layer_norm_forward_kernel,
+    "forward_wide": add_layer_norm_forward_wide_kernel,
+    "row_dots": add_layer_norm_backward_row_dots_kernel,
+    "backward": add_layer_norm_backward_kernel,
+    "column_sum": column_sum_kernel,
+}
+
+
+def _launch(kind, grid, *args, **meta):
+    """Runs kernel ``kind`` (one place to launch, so tests can record the launches)."""
+    _KERNELS[kind][grid](*args, **meta)
+
+
 def _warps(elements: int) -> int:
-    return min(32, max(1, elements // (32 * _ELEMENTS_PER_THREAD)))
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return min(_MAX_WARPS, max(1, elements // (32 * _ELEMENTS_PER_THREAD)))
 
 
 def _persistent_programs(device: torch.device, num_warps: int) -> int:
     """Programs of the backward's persistent grid: as many as stay resident at half the
     SM's warp capacity (a fixed number per device, so the reduction order is too)."""
-    if device.type != "cuda" or _interpreting():
+    if device.type != "cuda" or interpreting():
         return _INTERPRETER_PROGRAMS
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
     return sm_count * max(1, 32 // num_warps)
@@ -125,7 +139,7 @@ def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout
     stream = torch.empty((n_rows, dim), dtype=stream_dtype, device=x.device)
     mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty_like(mean)
-    plan = Plan.of(n_rows, dim)
+    plan = Plan.of(dim)
     seed, dropout_p, dropout_scale = _dropout_args(dropout_seed, dropout_p, x)
     args = (x, x if residual is None else residual, x if weight is None else weight,
             x if bias is None else bias, seed, y, stream, mean, rstd, n_rows, dim, x.stride(0),
@@ -134,10 +148,10 @@ def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout
                  HAS_BIAS=bias is not None, DROPOUT=dropout_seed is not None and dropout_p > 0,
                  BLOCK_D=plan.block_d, num_warps=plan.num_warps)
     if plan.wide:
-        add_layer_norm_forward_wide_kernel[(n_rows,)](*args, **flags)
+        _launch("forward_wide", (n_rows,), *args, **flags)
     else:
-        add_layer_norm_forward_kernel[(triton.cdiv(n_rows, plan.block_rows),)](
-            *args, **flags, BLOCK_ROWS=plan.block_rows)
+        _launch("forward", (triton.cdiv(n_rows, plan.block_rows),), *args, **flags,
+                BLOCK_ROWS=plan.block_rows)
     return y, stream, mean, rstd
 
 
@@ -150,7 +164,7 @@ def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bia
     grad_y = grad_y.contiguous()
     grad_stream = None if grad_residual_out is None else grad_residual_out.contiguous()
     stream = residual_out.contiguous()
-    plan = Plan.of(n_rows, dim)
+    plan = Plan.of(dim)
     column_blocks = plan.column_block_count(dim)
     row_tiles = triton.cdiv(n_rows, plan.block_rows)
     programs = min(row_tiles,
@@ -159,9 +173,9 @@ def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bia
     row_dots = mean  # placeholder unless the rows span several column blocks
     if column_blocks > 1:
         row_dots = torch.empty(2, n_rows, dtype=torch.float32, device=device)
-        add_layer_norm_backward_row_dots_kernel[(n_rows,)](
-            grad_y, stream, residual_out if weight is None else weight, mean, rstd, row_dots,
-            n_rows, dim, HAS_WEIGHT=weight is not None, BLOCK_D=plan.block_d,
+        _launch(
+            "row_dots", (n_rows,), grad_y, stream, stream if weight is None else weight, mean,
+            rstd, row_dots, n_rows, dim, HAS_WEIGHT=weight is not None, BLOCK_D=plan.block_d,
             num_warps=plan.num_warps)
 
     grad_x = torch.empty((n_rows, dim), dtype=grad_y.dtype, device=device)
@@ -169,22 +183,24 @@ def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bia
     partial_weight = torch.empty(programs, dim, dtype=torch.float32, device=device)
     partial_bias = torch.empty_like(partial_weight)
     seed, dropout_p, dropout_scale = _dropout_args(dropout_seed, dropout_p, mean)
-    add_layer_norm_backward_kernel[(programs, column_blocks)](
-        grad_y, grad_y if grad_stream is None else grad_stream, stream,
+    _launch(
+        "backward", (programs, column_blocks), grad_y,
+        grad_y if grad_stream is None else grad_stream, stream,
         stream if weight is None else weight, mean, rstd, row_dots, seed, grad_x,
         grad_x if grad_residual is None else grad_residual, partial_weight, partial_bias,
         n_rows, dim, dropout_p, dropout_scale,
         HAS_RESIDUAL=has_residual, HAS_WEIGHT=weight is not None,
         HAS_GRAD_STREAM=grad_stream is not None,
         DROPOUT=dropout_seed is not None and dropout_p > 0, ROW_DOTS_GIVEN=column_blocks > 1,
-        BLOCK_ROWS=plan.block_rows, BLOCK_D=plan.block_d, num_warps=plan.num_warps)
+        BLOCK_ROWS=plan.block_rows, BLOCK_D=plan.block_d, num_warps=plan.num_warps,
+        num_stages=1)
 
     def column_sums(partial, like):
         if like is None:
             return grad_y.new_empty((0,))
         out = torch.empty_like(like, memory_format=torch.contiguous_format)
-        column_sum_kernel[(triton.cdiv(dim, 128),)](partial, out, programs, dim, BLOCK_P=32,
-                                                    BLOCK_D=128, num_warps=4)
+        _launch("column_sum", (triton.cdiv(dim, 128),), partial, out, programs, dim,
+                BLOCK_P=32, BLOCK_D=128, num_warps=4)
         return out
 
     return (grad_x, grad_residual if has_residual else grad_y.new_empty((0,)),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 
 import torch
 import triton
@@ -36,6 +35,7 @@ from fasttx.triton._attention_backward import (
 )
 from fasttx.triton._attention_common import LOG2E
 from fasttx.triton._attention_forward import attention_forward_kernel
+from fasttx.triton._settings import fp32_dot_precision, interpreting
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -69,10 +69,6 @@ _AUTOTUNE_KEY = ["HEAD_DIM", "VALUE_DIM", "MASK", "MASK_PER_KEY", "IS_CAUSAL", "
                  "VARLEN", "length_bucket"]  # the autotuner adds every tensor's dtype
 _INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 _fixed_blocks: dict[str, int] | None = None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _shared_memory(kind, block_m, block_n, stages, element_size, block_d, block_dv,
@@ -142,7 +138,7 @@ def fixed_blocks(block_m: int, block_n: int):
 def _launch(kind, grid, *args, **meta):
     """Runs kernel ``kind`` autotuned, or with fixed tiles (interpreter, fixed_blocks)."""
     plain, tuned = _KERNELS[kind]
-    blocks = _fixed_blocks or (_INTERPRETER_BLOCKS if _interpreting() else None)
+    blocks = _fixed_blocks or (_INTERPRETER_BLOCKS if interpreting() else None)
     if blocks is None:
         tuned[grid](*args, **meta)
     else:
@@ -223,27 +219,16 @@ def _allowed_key_range(rows):
     return torch.stack([first, last], 1).to(torch.int32)
 
 
-def _tf32_matmuls_allowed() -> bool:
-    """Whether torch lets fp32 matmuls use TF32, by the newer fp32_precision settings when
-    set (reading the legacy flag then raises), else by ``allow_tf32``."""
-    for precision in (getattr(torch.backends.cuda.matmul, "fp32_precision", "none"),
-                      getattr(torch.backends, "fp32_precision", "none")):
-        if precision != "none":
-            return precision == "tf32"
-    return bool(torch.backends.cuda.matmul.allow_tf32)
-
-
 def _meta(q, k, v, mask, seqs, is_causal, dropout_p):
     """Compile-time constants and the autotuning key shared by the kernels."""
     dim, value_dim = k.shape[-1], v.shape[-1]
-    tf32 = q.dtype == torch.float32 and _tf32_matmuls_allowed()
     return dict(
         HEAD_DIM=dim, VALUE_DIM=value_dim,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(value_dim)),
         MASK=mask.kind, MASK_PER_KEY=mask.per_key, IS_CAUSAL=is_causal,
         DROPOUT=dropout_p > 0.0, VARLEN=seqs.packed,
-        DOT_PRECISION="tf32" if tf32 and not _interpreting() else "ieee",
+        DOT_PRECISION=fp32_dot_precision(q.dtype),
     )
 
 

@@ -1,20 +1,28 @@
-"""Compiles recorded attention kernel launches ahead of time (see test_attention_compiles).
+"""Compiles recorded kernel launches ahead of time (see tests/triton/launches.py).
 
-Reads {"launches": [[kind, argument specs, meta], ...], "architectures": [...]} as JSON
-on stdin; prints one JSON record per (launch, architecture). Runs with TRITON_INTERPRET=0
-so that the kernels are JIT functions the compiler can take.
+Reads {"op", "launches": [[kind, argument specs, meta], ...], "architectures": [...],
+"all_configs": bool} as JSON on stdin and prints one JSON record per (launch, architecture,
+config). Runs with TRITON_INTERPRET=0 so that the kernels are JIT functions the compiler
+can take. Autotuned kernels compile with each architecture's first config (or all of them);
+the others with the meta-parameters of the launch itself.
 """
 
+import importlib
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fasttx.triton import attention
-
 CAPABILITY = {"ampere": 80, "hopper": 90}
+SIZES = {"fp16": 2, "bf16": 2, "fp32": 4, "u8": 1, "i32": 4, "i64": 8}
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                         "cuobjdump")
 
 
 def source(kernel, specs, constants):
@@ -40,27 +48,79 @@ def source(kernel, specs, constants):
     return ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and spill bytes per thread, from cuobjdump's resource usage."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run([CUOBJDUMP, "--dump-resource-usage", file.name],
+                                capture_output=True, text=True).stdout
+    registers = re.search(r"REG:(\d+)", report)
+    stack = re.search(r"STACK:(\d+)", report)
+    return {"registers": int(registers.group(1)) if registers else None,
+            "spill_bytes": int(stack.group(1)) if stack else None}
+
+
+def attention_configs(module, kind, specs, meta, arch, all_configs):
+    """(meta-parameters, options, estimated shared memory) per config to compile."""
+    for block_m, block_n, warps, stages in module._CONFIGS[kind][arch][:None if all_configs
+                                                                       else 1]:
+        mask_size = (SIZES[specs[3][1]] if meta["MASK"] != "none"
+                     and not meta["MASK_PER_KEY"] else 0)  # specs[3]: the mask pointer
+        estimate = module._shared_memory(kind, block_m, block_n, stages, SIZES[specs[0][1]],
+                                         meta["BLOCK_D"], meta["BLOCK_DV"], mask_size)
+        yield dict(BLOCK_M=block_m, BLOCK_N=block_n), dict(num_warps=warps,
+                                                           num_stages=stages), estimate
+
+
+def feed_forward_configs(module, kind, specs, meta, arch, all_configs):
+    k = specs[[i for i, name in enumerate(module._KERNELS[kind][0].fn.arg_names)
+               if name == "K"][0]][1]
+    configs = module._CONFIGS[module.family(kind, meta)][arch]
+    for config in configs[:None if all_configs else 1]:
+        cfg = module._config(*config)
+        constants = dict(cfg.kwargs, EVEN_K=k % cfg.kwargs["BLOCK_K"] == 0)
+        yield constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages), \
+            module._shared_memory(cfg, SIZES[specs[0][1]])
+
+
+def fixed_configs(module, kind, specs, meta, arch, all_configs):
+    yield {}, dict(num_warps=meta.pop("num_warps", 4), num_stages=meta.pop("num_stages", 3)), \
+        None
+
+
+CONFIGS = {"attention": attention_configs, "feed_forward": feed_forward_configs,
+           "add_layer_norm": fixed_configs}
+
+
+def kernel_of(module, kind):
+    kernel = module._KERNELS[kind]
+    kernel = kernel[0] if isinstance(kernel, tuple) else kernel
+    while not isinstance(kernel, triton.JITFunction):  # heuristics/autotune wrappers
+        kernel = kernel.fn
+    return kernel
+
+
 def main():
     request = json.load(sys.stdin)
+    module = importlib.import_module(f"fasttx.triton.{request['op']}")
     results = []
     for kind, specs, meta in request["launches"]:
-        kernel = attention._KERNELS[kind][0]
+        kernel = kernel_of(module, kind)
         for arch in request["architectures"]:
-            block_m, block_n, warps, stages = attention._CONFIGS[kind][arch][0]
-            compiled = triton.compile(
-                source(kernel, specs, dict(meta, BLOCK_M=block_m, BLOCK_N=block_n)),
-                target=GPUTarget("cuda", CAPABILITY[arch], 32),
-                options=dict(num_warps=warps, num_stages=stages))
-            sizes = {"fp16": 2, "bf16": 2, "fp32": 4, "u8": 1}
-            mask_size = (sizes[specs[3][1]] if meta["MASK"] != "none"
-                         and not meta["MASK_PER_KEY"] else 0)  # specs[3]: the mask pointer
-            estimate = attention._shared_memory(kind, block_m, block_n, stages,
-                                                sizes[specs[0][1]], meta["BLOCK_D"],
-                                                meta["BLOCK_DV"], mask_size)
-            results.append({"kind": kind, "arch": arch, "shared": compiled.metadata.shared,
-                            "estimated_shared": estimate,
-                            "cubin_bytes": len(compiled.asm["cubin"]),
-                            "wgmma": "wgmma" in compiled.asm["ptx"]})
+            configs = CONFIGS[request["op"]](module, kind, specs, dict(meta), arch,
+                                             request["all_configs"])
+            for constants, options, estimate in configs:
+                launch_meta = {k: v for k, v in meta.items()
+                               if k not in ("num_warps", "num_stages")}
+                compiled = triton.compile(
+                    source(kernel, specs, dict(launch_meta, **constants)),
+                    target=GPUTarget("cuda", CAPABILITY[arch], 32), options=options)
+                results.append({"kind": kind, "arch": arch, "config": constants,
+                                "options": options, "shared": compiled.metadata.shared,
+                                "estimated_shared": estimate,
+                                "wgmma": "wgmma" in compiled.asm["ptx"],
+                                **resource_usage(compiled.asm["cubin"])})
     json.dump(results, sys.stdout)
 
 

@@ -1,18 +1,64 @@
-"""Records the attention kernels' launches (which kernel, its arguments) in a test."""
+"""Records a Triton op module's kernel launches, and compiles them ahead of time.
+
+Every launcher module (``fasttx.triton.attention``, ``add_layer_norm``, ``feed_forward``)
+launches through one ``_launch(kind, grid, *args, **meta)``; spying on it gives the exact
+arguments of real calls, which the compile tests then compile for real GPUs in a
+subprocess (``_compile_worker``) without needing one.
+"""
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from unittest import mock
+
+import torch
+
+TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+         torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @contextlib.contextmanager
-def recorded_launches(triton_attention, describe=lambda argument: argument):
+def recorded_launches(module, describe=lambda argument: argument):
     """Yields a list that fills with (kind, [describe(arg)...], meta) per kernel launch."""
     launches = []
-    real_launch = triton_attention._launch
+    real_launch = module._launch
 
     def spy(kind, grid, *args, **meta):
         launches.append((kind, [describe(a) for a in args], meta))
         real_launch(kind, grid, *args, **meta)
 
-    with mock.patch.object(triton_attention, "_launch", spy):
+    with mock.patch.object(module, "_launch", spy):
         yield launches
+
+
+def argument_spec(value):
+    """What Triton's JIT specialises on: a pointer's type and alignment, an int's value."""
+    if isinstance(value, torch.Tensor):
+        return ["pointer", TYPES[value.dtype], value.data_ptr() % 16 == 0]
+    if isinstance(value, float):
+        return ["float"]
+    return ["int", int(value)]
+
+
+def record_launches(module, call):
+    """(kind, argument specs, meta) of every kernel launch of ``module`` inside ``call()``."""
+    with recorded_launches(module, argument_spec) as launches:
+        call()
+    return launches
+
+
+def compile_launches(op, launches, architectures, all_configs=False):
+    """Compiles each launch of ``fasttx.triton.<op>`` in a fresh process where the kernels
+    are real JIT functions; returns one record per (launch, architecture, config) with the
+    shared memory, whether wgmma was used, and the registers and spill bytes per thread."""
+    request = json.dumps({"op": op, "launches": launches, "architectures": architectures,
+                          "all_configs": all_configs})
+    environment = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    done = subprocess.run([sys.executable, "-m", "tests.triton._compile_worker"],
+                          input=request, capture_output=True, text=True, env=environment,
+                          cwd=REPOSITORY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)

@@ -9,57 +9,29 @@ pointers carry divisibility hints), with each architecture's first autotuning co
 shared-memory estimate that config pruning relies on. No GPU is needed.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import fasttx
 from fasttx.testing import attention_inputs, key_padding_mask, requires_triton
-from tests.triton.launches import recorded_launches
+from tests.triton import launches as launches_module
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")
 triton_attention = pytest.importorskip("fasttx.triton.attention")
 
-TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
-         torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
-
-
-def record_launches(call):
-    """(kind, argument specs, meta) of every kernel launch inside ``call()``."""
-    with recorded_launches(triton_attention, argument_spec) as launches:
-        call()
-    return launches
-
-
-def argument_spec(value):
-    """What Triton's JIT specialises on: a pointer's type and alignment, an int's value."""
-    if isinstance(value, torch.Tensor):
-        return ["pointer", TYPES[value.dtype], value.data_ptr() % 16 == 0]
-    if isinstance(value, float):
-        return ["float"]
-    return ["int", int(value)]
-
-
 def compile_launches(launches, architectures):
-    """Compiles each launch in a fresh process where the kernels are real JIT functions."""
-    request = json.dumps({"launches": launches, "architectures": architectures})
-    environment = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    done = subprocess.run([sys.executable, "-m", "tests.triton._compile_worker"],
-                          input=request, capture_output=True, text=True, env=environment,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert done.returncode == 0, done.stderr[-3000:]
-    compiled = json.loads(done.stdout)
+    compiled = launches_module.compile_launches("attention", launches, architectures)
     assert len(compiled) == len(launches) * len(architectures)
     for result in compiled:
         if result["arch"] == "hopper":  # tensor cores through warp-group MMA
             assert result["wgmma"], result
         # the autotuner's pruning trusts this estimate: it must not fall short
         assert result["shared"] <= result["estimated_shared"] + 1024, result
+
+
+def record_launches(call):
+    return launches_module.record_launches(triton_attention, call)
 
 
 def forward_backward(q, k, v, **kwargs):
