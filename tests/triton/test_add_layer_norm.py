@@ -247,13 +247,13 @@ def test_wide_rows_without_residual_or_affine(affine):
 def test_plan_crosses_max_register_row():
     plan = triton_add_layer_norm.Plan
     limit = triton_add_layer_norm.MAX_REGISTER_ROW
-    assert not plan.of(4096, limit).wide and plan.of(4096, limit).block_d == limit
-    assert plan.of(4096, limit + 1).wide and plan.of(4096, 65536).wide
-    assert plan.of(4096, 12288).column_block_count(12288) > 1
+    assert not plan.of(limit).wide and plan.of(limit).block_d == limit
+    assert plan.of(limit + 1).wide and plan.of(65536).wide
+    assert plan.of(12288).column_block_count(12288) > 1
     with column_chunks(32):
-        forced = plan.of(7, 100)
+        forced = plan.of(100)
         assert forced.wide and forced.block_d == 32 and forced.column_block_count(100) == 4
-    assert not plan.of(7, 100).wide  # the context manager restores the default
+    assert not plan.of(100).wide  # the context manager restores the default
 
 
 # ---- dropout ----
