@@ -12,10 +12,12 @@ never separated from what it was measured on.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import itertools
 import json
+import math
 import platform
 import re
 import statistics
@@ -85,17 +87,30 @@ def time_ms(fn: Callable, input_sets: Sequence[tuple], device: str, *, warmup_ms
     return statistics.median(samples)
 
 
+def copy_ms(nbytes: int, device: str, *, copies: int = 1) -> float:
+    """Median milliseconds of a same-device copy of ``nbytes`` bytes (a memcpy: it reads and
+    writes them, so ``2 * nbytes`` move), cycling through ``copies`` source/target pairs
+    as :func:`time_ms` cycles through input sets."""
+    pairs = [(torch.empty(nbytes, dtype=torch.uint8, device=device),
+              torch.empty(nbytes, dtype=torch.uint8, device=device)) for _ in range(copies)]
+    return time_ms(lambda source, target: target.copy_(source), pairs, device)
+
+
+def gb_per_s(nbytes: float, ms: float) -> float:
+    """Bytes moved in ``ms`` milliseconds, as GB/s (10^9 bytes per second)."""
+    return nbytes / ms / 1e6
+
+
 def ceilings(device: str) -> dict:
     """Peaks measured in this run: an 8192^3 bf16 matmul (TFLOP/s), a 2 GiB copy (TB/s)."""
     if device != "cuda":
         return {}
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     matmul_ms = time_ms(torch.matmul, [(a, b)], device)
-    source = torch.empty(2**30, device="cuda", dtype=torch.int16)
-    target = torch.empty_like(source)
-    copy_ms = time_ms(lambda s, t: t.copy_(s), [(source, target)], device)
+    copy_bytes = 2**31  # 2 GiB, read and written
+    copy_tb_per_s = gb_per_s(2 * copy_bytes, copy_ms(copy_bytes, device)) / 1e3
     return {"bf16_matmul_tflops": round(2 * 8192**3 / matmul_ms / 1e9, 1),
-            "copy_tb_per_s": round(2 * source.nbytes / copy_ms / 1e9, 2)}
+            "copy_tb_per_s": round(copy_tb_per_s, 2)}
 
 
 def progress(items: Iterable, total: int, label: str):
@@ -107,6 +122,72 @@ def progress(items: Iterable, total: int, label: str):
               file=sys.stderr, flush=True)
         yield item
     print(f"\r{label} [{'#' * width}] {total}/{total}", file=sys.stderr, flush=True)
+
+
+class MismatchError(AssertionError):
+    """A provider's output is not what the reference computes (see :func:`check_matches`)."""
+
+
+def check_matches(name: str, actual, expected) -> None:
+    """Raises MismatchError when a provider's output (a tensor or a tuple of them) is
+    farther from ``expected`` than 5% (16-bit dtypes) or 1% (wider) of max(1, |expected|):
+    a check of gross errors before anything is timed, not of accuracy."""
+    actual = actual if isinstance(actual, tuple | list) else (actual,)
+    expected = expected if isinstance(expected, tuple | list) else (expected,)
+    if len(actual) != len(expected):
+        raise MismatchError(f"{name} returns {len(actual)} outputs, expected {len(expected)}")
+    for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        if got.shape != want.shape:
+            raise MismatchError(f"{name} output {index}: shape {tuple(got.shape)} != "
+                                f"{tuple(want.shape)}")
+        tolerance = 0.05 if got.element_size() <= 2 else 0.01
+        scale = max(1.0, want.detach().float().abs().max().item())
+        error = (got.detach().float() - want.detach().float()).abs().max().item()
+        if not error <= tolerance * scale:
+            raise MismatchError(f"{name} output {index} differs from the reference by "
+                                f"{error:.3g} (allowed {tolerance * scale:.3g})")
+
+
+def failure_note(error: Exception) -> str:
+    """The table note for a provider that could not run or was wrong: "out of memory",
+    "wrong output: ..." (a :class:`MismatchError`, also printed to stderr: nothing is
+    timed), or "skipped: " and the reason (a backend fasttx can't run here, a failed
+    torch.compile, ...)."""
+    if isinstance(error, MismatchError):
+        print(f"\nwarning: {error}; not timed", file=sys.stderr)
+        return f"wrong output: {error}"
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return "out of memory"
+    reason = (str(error).strip().splitlines() or [""])[0]
+    if type(error).__name__ != "BackendUnavailableError":
+        reason = f"{type(error).__name__}: {reason}"
+    return "skipped: " + (reason if len(reason) <= 160 else reason[:157] + "...")
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers ("512,1024")."""
+    try:
+        values = [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers") from None
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be positive")
+    return values
+
+
+def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names out of ``choices``."""
+    choices = tuple(choices)
+
+    def parse(text: str) -> list[str]:
+        for item in text.split(","):
+            if item not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} is not one of {', '.join(choices)}")
+        return text.split(",")
+    return parse
 
 
 @dataclasses.dataclass
@@ -137,6 +218,36 @@ def _cell(value) -> str:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def plot_panels(table: Table, path: Path, *, panel_by: Sequence[str], x: str, y: str,
+                series: str, ylabel: str) -> None:
+    """Plots ``y`` against ``x`` (evenly spaced, labelled by value, in the run's order), one
+    line per ``series`` value, one panel per distinct value of the ``panel_by`` columns."""
+    import matplotlib.pyplot as plt
+    rows = [row for row in table.rows if row[y] is not None]
+    panels = list(dict.fromkeys(tuple(row[c] for c in panel_by) for row in rows))
+    if not panels:
+        return
+    positions = {value: i for i, value in enumerate(dict.fromkeys(row[x] for row in rows))}
+    columns = min(4, len(panels))
+    lines = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(lines, columns, squeeze=False,
+                                figsize=(4.2 * columns, 3.4 * lines))
+    for axis, panel in zip(axes.flat, panels, strict=False):
+        for name in dict.fromkeys(row[series] for row in rows):
+            points = [(positions[row[x]], row[y]) for row in rows if row[series] == name
+                      and tuple(row[c] for c in panel_by) == panel]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", label=name)
+        axis.set(title=", ".join(str(value) for value in panel), xlabel=x, ylabel=ylabel)
+        axis.set_xticks(range(len(positions)), [str(value) for value in positions], fontsize=7)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def write_results(name: str, env: dict, table: Table, notes: str, out_dir: Path | None = None,
