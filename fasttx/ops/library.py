@@ -67,8 +67,10 @@ SCHEMAS = {
         "Tensor? bias, Tensor mean, Tensor rstd, Tensor? dropout_seed, float dropout_p, "
         "bool has_residual, str backend) -> (Tensor, Tensor, Tensor, Tensor)"
     ),
-    # x (N, D), w1 (F, D), b1 (F,), w2 (D', F), b2 (D',). Returns y (N, D') and the
-    # pre-activation x @ w1.T + b1 (N, F) that the backward needs.
+    # x (N, D), w1 (F, D), b1 (F,), w2 (D', F), b2 (D',). Returns y (N, D') and the (N, F)
+    # activation the backward needs, which only the same backend's backward reads: the
+    # pre-activation x @ w1.T + b1 in the reference; in the Triton kernels the hidden
+    # h = dropout(relu(a)) for relu (its sign is both masks) and the pre-activation else.
     "feed_forward_forward": (
         "(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str activation, "
         "Tensor? dropout_seed, float dropout_p, str backend) -> (Tensor, Tensor)"

@@ -77,8 +77,8 @@ def feed_forward_configs(module, kind, specs, meta, arch, all_configs):
     k = specs[[i for i, name in enumerate(module._KERNELS[kind][0].fn.arg_names)
                if name == "K"][0]][1]
     configs = module._CONFIGS[module.family(kind, meta)][arch]
-    for config in configs[:None if all_configs else 1]:
-        cfg = module._config(*config)
+    usable = [cfg for cfg in (module._config(*c) for c in configs) if module.spill_free(cfg, k)]
+    for cfg in usable[:None if all_configs else 1]:
         constants = dict(cfg.kwargs, EVEN_K=k % cfg.kwargs["BLOCK_K"] == 0)
         yield constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages), \
             module._shared_memory(cfg, SIZES[specs[0][1]])
