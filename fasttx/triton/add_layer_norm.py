@@ -124,6 +124,10 @@ def _with_unit_column_stride(tensor: torch.Tensor | None) -> torch.Tensor | None
     return tensor.contiguous()
 
 
+def _dense(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.contiguous()
+
+
 def _dropout_args(dropout_seed, dropout_p, placeholder):
     scale = 1.0 / (1.0 - dropout_p)
     return (placeholder if dropout_seed is None else dropout_seed), dropout_p, scale
@@ -134,6 +138,7 @@ def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout
     n_rows, dim = x.shape
     x = _with_unit_column_stride(x)
     residual = _with_unit_column_stride(residual)
+    weight, bias = _dense(weight), _dense(bias)  # the kernels read them as dense vectors
     stream_dtype = x.dtype if residual is None else residual.dtype
     y = torch.empty((n_rows, dim), dtype=x.dtype, device=x.device)
     stream = torch.empty((n_rows, dim), dtype=stream_dtype, device=x.device)
@@ -164,6 +169,7 @@ def add_layer_norm_backward(grad_y, grad_residual_out, residual_out, weight, bia
     grad_y = grad_y.contiguous()
     grad_stream = None if grad_residual_out is None else grad_residual_out.contiguous()
     stream = residual_out.contiguous()
+    weight = _dense(weight)
     plan = Plan.of(dim)
     column_blocks = plan.column_block_count(dim)
     row_tiles = triton.cdiv(n_rows, plan.block_rows)

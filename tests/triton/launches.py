@@ -50,6 +50,16 @@ def record_launches(module, call):
     return launches
 
 
+def as_bf16(launches):
+    """The launches with their fp16 pointers made bf16: bf16 launches are recorded in fp16
+    (the interpreter's bf16 dot is wrong) and compiled as bf16."""
+    for _, specs, _ in launches:
+        for spec in specs:
+            if spec[0] == "pointer" and spec[1] == "fp16":
+                spec[1] = "bf16"
+    return launches
+
+
 def compile_launches(op, launches, architectures, all_configs=False):
     """Compiles each launch of ``fasttx.triton.<op>`` in a fresh process where the kernels
     are real JIT functions; returns one record per (launch, architecture, config) with the

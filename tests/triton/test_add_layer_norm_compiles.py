@@ -12,7 +12,7 @@ import torch
 
 import fasttx
 from fasttx.testing import requires_triton
-from tests.triton.launches import compile_launches, record_launches
+from tests.triton.launches import as_bf16, compile_launches, record_launches
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")
@@ -29,12 +29,7 @@ def training_step(dim, rows=2, dtype=torch.float16, dropout_p=0.1):
         y, s = fasttx.add_layer_norm(x, residual, weight, bias, dropout_p=dropout_p,
                                      return_residual=True, backend="triton")
         (y.float().sum() + s.sum()).backward()
-    launches = record_launches(triton_add_layer_norm, call)
-    for _, specs, _ in launches:
-        for spec in specs:
-            if spec[0] == "pointer" and spec[1] == "fp16":
-                spec[1] = "bf16"
-    return launches
+    return as_bf16(record_launches(triton_add_layer_norm, call))
 
 
 # The one known spill: the backward of a row at the register limit (4097..8192 columns)
