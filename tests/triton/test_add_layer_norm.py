@@ -446,3 +446,17 @@ def test_gpu_fp32_residual_stream_and_determinism(dim):
                                  retain_graph=True) for _ in range(2)]
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
+
+
+def test_strided_weight_and_bias_give_the_contiguous_results():
+    x, residual = (random_tensor(5, 40, dtype=torch.float32, seed=60 + i) for i in range(2))
+    packed = random_tensor(40, 2, dtype=torch.float32, seed=62, requires_grad=True)
+    weight, bias = packed[:, 0], packed[:, 1]  # stride 2: views of one packed parameter
+    y = fasttx.add_layer_norm(x, residual, weight, bias, backend="triton")
+    dense = packed.detach().clone().requires_grad_(True)
+    y_dense = fasttx.add_layer_norm(x, residual, dense[:, 0].contiguous(),
+                                    dense[:, 1].contiguous(), backend="triton")
+    torch.testing.assert_close(y, y_dense, rtol=0, atol=0)
+    grad, = torch.autograd.grad(y.sum(), packed)
+    grad_dense, = torch.autograd.grad(y_dense.sum(), dense)
+    torch.testing.assert_close(grad, grad_dense, rtol=0, atol=0)
