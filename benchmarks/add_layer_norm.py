@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from typing import NamedTuple
 
@@ -295,11 +294,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA GPU: run with --device cpu --smoke to check the script")
-    if args.device == "cpu":  # the Triton kernels run under the interpreter
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    env = harness.environment(args.device)
+    env = harness.start(args.device)
     env.update(dtypes=",".join(args.dtypes), residual_dtype=args.residual_dtype or "as x",
                dropout=args.dropout, return_residual=args.return_residual, eps=args.eps,
                ceilings=harness.ceilings(args.device))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import sys
 
 import torch
@@ -174,13 +173,11 @@ def plot(table, path):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
-    names = lambda choices: lambda text: [_choice(x, choices) for x in text.split(",")]  # noqa
-    parser.add_argument("--head-dims", type=ints, default=[64, 128])
-    parser.add_argument("--seqlens", type=ints, default=[1024, 2048, 4096, 8192, 16384])
-    parser.add_argument("--masks", type=names(MASKS), default=list(MASKS))
-    parser.add_argument("--modes", type=names(MODES), default=list(MODES))
-    parser.add_argument("--providers", type=names(PROVIDERS), default=list(PROVIDERS))
+    parser.add_argument("--head-dims", type=harness.int_list, default=[64, 128])
+    parser.add_argument("--seqlens", type=harness.int_list, default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--masks", type=harness.choice_list(MASKS), default=list(MASKS))
+    parser.add_argument("--modes", type=harness.choice_list(MODES), default=list(MODES))
+    parser.add_argument("--providers", type=harness.choice_list(PROVIDERS), default=list(PROVIDERS))
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="default bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--batch-tokens", type=int, default=16384)
@@ -202,19 +199,9 @@ def parse_args(argv=None):
     return args
 
 
-def _choice(value, choices):
-    if value not in choices:
-        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(choices)}")
-    return value
-
-
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA GPU: run with --device cpu --smoke to check the script")
-    if args.device == "cpu":  # the Triton kernels run under the interpreter
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    env = harness.environment(args.device)
+    env = harness.start(args.device)
     env.update(dtype=str(args.dtype).removeprefix("torch."), ceilings=harness.ceilings(args.device))
     table = harness.Table(COLUMNS)
     cases = [(d, n, m) for d in args.head_dims for n in args.seqlens for m in args.masks]

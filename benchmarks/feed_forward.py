@@ -31,7 +31,6 @@ recorded as ``float32_matmul_precision``.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from typing import NamedTuple
@@ -236,11 +235,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA GPU: run with --device cpu --smoke to check the script")
-    if args.device == "cpu":  # the Triton kernels run under the interpreter
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    env = harness.environment(args.device)
+    env = harness.start(args.device)
     env.update(dtypes=",".join(args.dtypes), tokens=args.tokens, dropout=args.dropout,
                float32_matmul_precision=torch.get_float32_matmul_precision(),
                ceilings=harness.ceilings(args.device))

@@ -18,6 +18,7 @@ import datetime
 import itertools
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -30,6 +31,17 @@ from pathlib import Path
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def start(device: str) -> dict:
+    """Checks that ``device`` can run the benchmark (exits with a message when there is no
+    GPU), makes the Triton kernels run under the interpreter on CPU (before fasttx's first
+    Triton launch), and returns :func:`environment`."""
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA GPU: run with --device cpu --smoke to check the script")
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return environment(device)
 
 
 def environment(device: str) -> dict:
