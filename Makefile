@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test check-cuda lint clean
 
 # --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
 # torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
@@ -26,8 +26,14 @@ test: setup
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; fi; \
 	exit $$status
 
+# Compile every csrc/ source for sm_80 and sm_90a with nvcc (no GPU needed), so a kernel
+# that does not compile fails CI on a CPU machine. Fetches the CUDA library headers a CPU
+# torch lacks (cuBLAS, cuSPARSE, cuSOLVER) from PyPI once, into build/cuda-headers.
+check-cuda: setup
+	$(PYTHON) tools/check_cuda.py
+
 lint:
-	$(PYTHON) -m ruff check fasttx tests benchmarks
+	$(PYTHON) -m ruff check fasttx tests benchmarks tools
 
 clean:
 	rm -rf build dist *.egg-info fasttx/_C*.so .pytest_cache

@@ -7,7 +7,8 @@ backend reports itself unavailable at run time.
 
 Environment:
     FASTTX_SKIP_CUDA_BUILD=1   never build the extension.
-    FASTTX_CUDA_ARCHS          semicolon list of targets, default "8.0;9.0".
+    FASTTX_CUDA_ARCHS          semicolon list of targets, default "8.0;9.0a" (Ampere, and
+                               Hopper with its arch-specific instructions: wgmma, TMA).
     MAX_JOBS, NVCC_THREADS     bound the build's parallelism.
 """
 
@@ -41,6 +42,24 @@ def cuda_extension_reason():
     return None
 
 
+def cublaslt_library():
+    """The cuBLASLt shared library to link (the feed-forward GEMMs call it directly): the
+    toolkit's, else the one torch's CUDA wheels bring (nvidia/*/lib). At run time torch has
+    already loaded it, so the extension resolves to the very same library."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    candidates = [os.path.join(CUDA_HOME, "lib64", "libcublasLt.so")]
+    for entry in sys.path:
+        wheel_libraries = os.path.join(entry, "nvidia", "*", "lib", "libcublasLt.so*")
+        candidates += sorted(glob.glob(wheel_libraries))
+    for candidate in candidates:
+        if os.path.exists(candidate):
+            return candidate
+    raise RuntimeError("fasttx setup: libcublasLt.so was found neither in the CUDA toolkit "
+                       f"({CUDA_HOME}/lib64) nor in torch's nvidia wheels; set "
+                       "FASTTX_SKIP_CUDA_BUILD=1 to build without the CUDA backend")
+
+
 def cuda_extensions():
     reason = cuda_extension_reason()
     if reason is not None:
@@ -48,9 +67,10 @@ def cuda_extensions():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    # FASTTX_CUDA_ARCHS wins; else an existing TORCH_CUDA_ARCH_LIST; else Ampere + Hopper.
+    # FASTTX_CUDA_ARCHS wins; else an existing TORCH_CUDA_ARCH_LIST; else Ampere + Hopper
+    # (9.0a: the Hopper attention kernel's wgmma/TMA instructions exist only there).
     archs = os.environ.get("FASTTX_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST")
-    archs = archs or "8.0;9.0"
+    archs = archs or "8.0;9.0a"
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     nvcc_threads = os.environ.get("NVCC_THREADS", "4")
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
@@ -60,10 +80,12 @@ def cuda_extensions():
         name="fasttx._C",
         sources=sources,
         include_dirs=[os.path.abspath("csrc")],
+        # torch picks the C++ standard (C++20 for torch >= 2.10); the kernels are C++17.
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", f"--threads={nvcc_threads}"],
+            "cxx": ["-O3"],
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", f"--threads={nvcc_threads}"],
         },
+        extra_link_args=[cublaslt_library()],
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -68,14 +68,11 @@ def _backend_reason(name: str) -> str | None:
         if not torch.cuda.is_available() and not _triton_interpreting():
             return "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
     if name == "cuda":
-        try:
-            from fasttx import _C  # noqa: F401
-        except ImportError as error:
-            return (
-                "the extension fasttx._C is not built or does not load "
-                f"({error}); setup.py builds it where nvcc and a CUDA build of torch exist "
-                "(pip install --no-build-isolation -e .) unless FASTTX_SKIP_CUDA_BUILD=1"
-            )
+        from fasttx.cuda._extension import load_error
+
+        reason = load_error()
+        if reason is not None:
+            return reason
         if not torch.cuda.is_available():
             return "no CUDA device is available"
     try:

@@ -22,6 +22,7 @@ __all__ = [
     "attention_inputs",
     "attention_mask",
     "gpu",
+    "gpu_backends",
     "key_padding_mask",
     "plain_attention",
     "random_tensor",
@@ -179,11 +180,9 @@ def to_float64(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]
 
 
 def _has_cuda_extension() -> bool:
-    try:
-        from fasttx import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from fasttx.cuda._extension import load_error
+
+    return load_error() is None
 
 
 try:
@@ -204,6 +203,10 @@ if pytest is not None:
     requires_cuda_extension = pytest.mark.skipif(
         not (torch.cuda.is_available() and _has_cuda_extension()),
         reason="needs a CUDA GPU and the compiled extension fasttx._C")
+    #: The fused backends a GPU test runs on: ``@pytest.mark.parametrize("backend",
+    #: gpu_backends)``; the ``cuda`` case skips cleanly where fasttx._C is absent.
+    gpu_backends = [pytest.param("triton", id="triton"),
+                    pytest.param("cuda", id="cuda", marks=requires_cuda_extension)]
     #: Marks a test of the Triton backend: runs on a GPU, or on CPU under TRITON_INTERPRET=1.
     requires_triton = pytest.mark.skipif(
         not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
