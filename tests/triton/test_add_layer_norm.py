@@ -15,7 +15,14 @@ import torch
 
 import fasttx
 from fasttx import random as philox
-from fasttx.testing import assert_within_budget, gpu, random_tensor, requires_triton, to_float64
+from fasttx.testing import (
+    assert_within_budget,
+    gpu,
+    gpu_backends,
+    random_tensor,
+    requires_triton,
+    to_float64,
+)
 from tests.ops.test_add_layer_norm import torch_add_layer_norm
 from tests.triton.launches import recorded_launches
 
@@ -70,14 +77,15 @@ def keep_mask(shape, p, torch_seed):
     return philox.keep_mask(philox.draw_seed(DEVICE), philox.counters(shape, device=DEVICE), p)
 
 
-def check_within_budget(x, residual, weight, bias, *, eps=EPS, dropout_p=0.0, seed=0):
-    """y, s and every gradient (with gradients flowing into both y and s) of the Triton
+def check_within_budget(x, residual, weight, bias, *, eps=EPS, dropout_p=0.0, seed=0,
+                        backend="triton"):
+    """y, s and every gradient (with gradients flowing into both y and s) of the fused
     kernels against the float64 reference, with plain PyTorch in the inputs' dtypes as the
     baseline. Returns the Triton outputs and gradients."""
     inputs = [t for t in (x, residual, weight, bias) if t is not None]
     stream_dtype = x.dtype if residual is None else residual.dtype
     y, s = triton_add_layer_norm_call(x, residual, weight, bias, eps=eps, dropout_p=dropout_p,
-                                      torch_seed=seed)
+                                      torch_seed=seed, backend=backend)
     assert y.dtype == x.dtype and s.dtype == stream_dtype
     assert y.shape == x.shape and s.shape == x.shape
     assert y.is_contiguous() and s.is_contiguous()
@@ -424,7 +432,8 @@ GPU_SHAPES = [(4099, 512), (2, 2049, 1024), (4099, 4096), (4099, 8192), (4099, 1
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_gpu_matches_reference_within_budget(shape, dtype):
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_matches_reference_within_budget(backend, shape, dtype):
     dim = shape[-1]
     rows = 1
     for size in shape[:-1]:
@@ -432,16 +441,18 @@ def test_gpu_matches_reference_within_budget(shape, dtype):
     plan = triton_add_layer_norm.Plan.of(dim)
     assert plan.wide == (dim > triton_add_layer_norm.MAX_REGISTER_ROW)
     seed = seed_of(shape, dtype)
-    check_within_budget(*layer_norm_inputs(shape, dtype, seed=seed), dropout_p=0.1, seed=seed)
+    check_within_budget(*layer_norm_inputs(shape, dtype, seed=seed), dropout_p=0.1, seed=seed,
+                        backend=backend)
 
 
 @gpu
 @pytest.mark.parametrize("dim", [8192, 12288])
-def test_gpu_fp32_residual_stream_and_determinism(dim):
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_fp32_residual_stream_and_determinism(backend, dim):
     inputs = layer_norm_inputs((2048, dim), torch.bfloat16, seed=80,
                                residual_dtype=torch.float32)
-    check_within_budget(*inputs, seed=80)
-    y, s = triton_add_layer_norm_call(*inputs, dropout_p=0.1)
+    check_within_budget(*inputs, seed=80, backend=backend)
+    y, s = triton_add_layer_norm_call(*inputs, dropout_p=0.1, backend=backend)
     grads = [torch.autograd.grad((y, s), inputs, (torch.ones_like(y), torch.ones_like(s)),
                                  retain_graph=True) for _ in range(2)]
     for a, b in zip(*grads, strict=True):

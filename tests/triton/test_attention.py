@@ -23,6 +23,7 @@ from fasttx.testing import (
     attention_inputs,
     attention_mask,
     gpu,
+    gpu_backends,
     key_padding_mask,
     plain_attention,
     random_tensor,
@@ -51,14 +52,14 @@ def sdpa(q, k, v, mask, kind, backend, **kwargs):
                                                enable_gqa=True, backend=backend, **kwargs)
 
 
-def check_within_budget(q, k, v, mask, kind, scale=None, seed=0):
-    """Output and every gradient (float masks included) of the Triton kernels against
+def check_within_budget(q, k, v, mask, kind, scale=None, seed=0, backend="triton"):
+    """Output and every gradient (float masks included) of the fused kernels against
     the float64 reference, with plain PyTorch in q's dtype as the baseline."""
     dtype = q.dtype
     if mask is not None and mask.is_floating_point():
         mask = mask.to(dtype).requires_grad_(True)
     inputs = [t for t in (q, k, v, mask) if t is not None and t.requires_grad]
-    out = sdpa(q, k, v, mask, kind, "triton", scale=scale)
+    out = sdpa(q, k, v, mask, kind, backend, scale=scale)
     wide = [t.detach().double().requires_grad_(True) for t in inputs]
     wide_mask = wide[3] if len(wide) == 4 else mask
     expected = sdpa(*wide[:3], wide_mask, kind, "reference", scale=scale)
@@ -304,17 +305,41 @@ GPU_SHAPES = [
 
 
 @gpu
+@pytest.mark.parametrize("backend", gpu_backends)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "key_padding", "key_padding+causal",
                                        "bool", "float"])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_gpu_matches_reference_within_budget(shape, mask_kind, dtype):
+def test_gpu_matches_reference_within_budget(shape, mask_kind, dtype, backend):
     batch, heads, kv_heads, len_q, len_k, dim, value_dim = shape
     q, k, v = attention_inputs(batch, heads, len_q, len_k, dim, kv_heads=kv_heads,
                                value_dim=value_dim, dtype=dtype, device="cuda",
                                requires_grad=True, seed=21)
     mask = attention_mask(mask_kind, batch, heads, len_q, len_k, seed=21, device="cuda")
-    check_within_budget(q, k, v, mask, mask_kind, seed=21)
+    check_within_budget(q, k, v, mask, mask_kind, seed=21, backend=backend)
+
+
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends)
+@pytest.mark.parametrize("mask_kind", ["none", "key_padding+causal", "float"])
+def test_gpu_dropout_drops_the_philox_mask_of_fasttx_random(mask_kind, backend):
+    """fp16 with identity values, so that out is the dropped probabilities: zero exactly
+    where the counter-based mask drops (the shared counter layout), else P / (1 - p)."""
+    q, k, _ = attention_inputs(2, 3, 77, 130, 64, dtype=torch.float16, device="cuda", seed=24)
+    v = torch.eye(130, device="cuda", dtype=torch.float16).expand(2, 3, 130, 130)
+    mask = attention_mask(mask_kind, 2, 3, 77, 130, seed=24, device="cuda")
+    if mask is not None and mask.is_floating_point():
+        mask = mask.half()
+    torch.manual_seed(12)
+    out = sdpa(q, k, v, mask, mask_kind, backend, dropout_p=0.3)
+    torch.manual_seed(12)
+    seed = philox.draw_seed("cuda")
+    wide_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
+    probs = plain_attention(q.double(), k.double(), v.double(), wide_mask,
+                            is_causal=mask_kind.endswith("causal"))
+    keep = philox.keep_mask(seed, philox.counters(probs.shape, device="cuda"), 0.3)
+    assert (out[~keep] == 0).all()
+    torch.testing.assert_close(out.double(), probs * keep / 0.7, rtol=2e-3, atol=2e-3)
 
 
 @gpu
@@ -336,14 +361,15 @@ def test_gpu_autotuned_tiles_agree_with_fixed_tiles():
 
 
 @gpu
-def test_gpu_memory_is_linear_in_sequence_length():
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_memory_is_linear_in_sequence_length(backend):
     """A 32k-token sequence runs forward and backward with no Lq x Lk buffer."""
     length, heads, dim = 32768, 8, 128
     q, k, v = attention_inputs(1, heads, length, length, dim, dtype=torch.bfloat16,
                                device="cuda", requires_grad=True, seed=23)
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    out = fasttx.scaled_dot_product_attention(q, k, v, is_causal=True, backend="triton")
+    out = fasttx.scaled_dot_product_attention(q, k, v, is_causal=True, backend=backend)
     out.backward(torch.ones_like(out))
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - before

@@ -22,6 +22,7 @@ from fasttx.testing import (
     DEFAULT_FLOOR,
     assert_within_budget,
     gpu,
+    gpu_backends,
     random_tensor,
     requires_triton,
     to_float64,
@@ -72,14 +73,14 @@ def rounding_floor(expected, dtype):
     return max(DEFAULT_FLOOR[dtype], 0.5 * torch.finfo(dtype).eps * largest)
 
 
-def check_within_budget(x, weights, activation, *, dropout_p=0.0, seed=0):
-    """y and every gradient of the Triton kernels against the float64 reference (same
+def check_within_budget(x, weights, activation, *, dropout_p=0.0, seed=0, backend="triton"):
+    """y and every gradient of the fused kernels against the float64 reference (same
     dropout seed), with plain PyTorch in x's dtype (same keep mask) as the baseline."""
     dtype, hidden = x.dtype, weights[0].shape[0]
     inputs = [t for t in (x, *weights) if t is not None]
     names = [n for n, t in zip(GRADIENT_NAMES, (x, *weights), strict=True) if t is not None]
     wide = to_float64(x, *weights)
-    y = run(x, weights, activation, "triton", dropout_p, seed)
+    y = run(x, weights, activation, backend, dropout_p, seed)
     expected = run(wide[0], wide[1:], activation, "reference", dropout_p, seed)
     keep = keep_mask_after(seed, x.shape[:-1], hidden, dropout_p, x.device) \
         if dropout_p > 0 else None
@@ -379,20 +380,22 @@ def tf32_disabled():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, (*s[0], *s[1:]))))
-def test_gpu_matches_reference_within_budget(shape, activation, dtype):
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_matches_reference_within_budget(backend, shape, activation, dtype):
     x_shape, hidden, dim_out = shape
     seed = seed_of("gpu", shape, activation)
     x, weights = ffn_inputs(x_shape, hidden, dim_out, dtype, seed=seed, device="cuda")
-    check_within_budget(x, weights, activation, dropout_p=0.1, seed=seed)
+    check_within_budget(x, weights, activation, dropout_p=0.1, seed=seed, backend=backend)
 
 
 @gpu
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, (*s[0], *s[1:]))))
-def test_gpu_fp32_without_tf32_matches_reference_within_budget(shape, activation):
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_fp32_without_tf32_matches_reference_within_budget(backend, shape, activation):
     x_shape, hidden, dim_out = shape
     seed = seed_of("gpu fp32", shape, activation)
     x, weights = ffn_inputs(x_shape, hidden, dim_out, torch.float32, seed=seed, device="cuda")
     with tf32_disabled():
         assert triton_settings.fp32_dot_precision(torch.float32) == "ieee"
-        check_within_budget(x, weights, activation, dropout_p=0.1, seed=seed)
+        check_within_budget(x, weights, activation, dropout_p=0.1, seed=seed, backend=backend)

@@ -8,6 +8,7 @@ import fasttx
 from fasttx.testing import (
     assert_within_budget,
     gpu,
+    gpu_backends,
     key_padding_mask,
     plain_attention,
     random_tensor,
@@ -105,13 +106,14 @@ def test_opcheck():
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_gpu_matches_reference_within_budget(is_causal, dtype):
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_matches_reference_within_budget(backend, is_causal, dtype):
     generator = torch.Generator().manual_seed(0)
     lengths_q = torch.randint(1, 2049, (8,), generator=generator).tolist()
     lengths_k = torch.randint(1, 2049, (8,), generator=generator).tolist()
     q, k, v, cu_q, cu_k, max_q, max_k = packed_inputs(lengths_q, lengths_k, 8, 2, 128, dtype,
                                                       device="cuda")
-    out = varlen(q, k, v, cu_q, cu_k, max_q, max_k, "triton", is_causal=is_causal)
+    out = varlen(q, k, v, cu_q, cu_k, max_q, max_k, backend, is_causal=is_causal)
     wide = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
     expected = varlen(*wide, cu_q, cu_k, max_q, max_k, "reference", is_causal=is_causal)
     baseline = plain_packed(q, k, v, cu_q.tolist(), cu_k.tolist(), is_causal)
