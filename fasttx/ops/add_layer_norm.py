@@ -104,7 +104,8 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5, *, dropout_p=0.0, return
     rows = x.reshape(-1, dim)
     residual_rows = None if residual is None else residual.reshape(-1, dim)
     seed = philox.draw_seed(x.device) if dropout_p > 0.0 else None
-    name = select_backend("add_layer_norm", x.device, backend, dtype=x.dtype, hidden_size=dim)
+    name = select_backend("add_layer_norm", x.device, backend, dtype=x.dtype, hidden_size=dim,
+                          residual_dtype=None if residual is None else residual.dtype)
     y, residual_out, _, _ = add_layer_norm_forward(rows, residual_rows, weight, bias, eps, seed,
                                                    dropout_p, name)
     y = y.view(x.shape)
