@@ -29,6 +29,9 @@ struct AttentionParams {
 
   MaskKind mask_kind;
   const void* mask;          // (B, H, Lq, Lk) bool as uint8 or float in q's dtype, or null
+  DType mask_dtype;          // a float mask's dtype: q's dtype, or any of fp16, bf16, fp32 for
+                             // the sm_80 kernels (attention_forward sends a float mask of
+                             // another dtype than q's to them, never to the sm_90 kernel)
   int64_t mask_strides[4];   // 0 where broadcast
   bool mask_per_key;         // the mask is constant over heads and queries (key padding)
   const int32_t* key_range;  // int32 (B, 2): first and one past the last allowed key, when
