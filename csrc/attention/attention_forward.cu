@@ -52,24 +52,14 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
 
   const T* q = static_cast<const T*>(params.q) + at.batch * params.q_strides[0] +
                at.head * params.q_strides[1] + (span.q_start + row0) * params.q_strides[2];
-  const T* k = static_cast<const T*>(params.k) + at.batch * params.k_strides[0] +
-               kv_head * params.k_strides[1] + span.k_start * params.k_strides[2];
-  const T* v = static_cast<const T*>(params.v) + at.batch * params.v_strides[0] +
-               kv_head * params.v_strides[1] + span.k_start * params.v_strides[2];
   load_tile<T, BLOCK_M, D, THREADS>(q_tile, q, params.q_strides[2],
                                     min(BLOCK_M, span.len_q - row0), params.head_dim,
                                     vectorized, params.q);
   cp_async_commit();
 
+  const KeyValueTiles<T, BLOCK_N, D, THREADS> key_values(params, at.batch, kv_head, span.k_start);
   auto load_keys = [&](int tile, int stage) {
-    const int key0 = tile * BLOCK_N, rows = min(BLOCK_N, span.len_k - key0);
-    load_tile<T, BLOCK_N, D, THREADS>(k_tiles + stage * BLOCK_N * D,
-                                      k + key0 * params.k_strides[2], params.k_strides[2],
-                                      rows, params.head_dim, vectorized, params.k);
-    load_tile<T, BLOCK_N, D, THREADS>(v_tiles + stage * BLOCK_N * D,
-                                      v + key0 * params.v_strides[2], params.v_strides[2],
-                                      rows, params.value_dim, vectorized, params.v);
-    cp_async_commit();
+    key_values.load(k_tiles, v_tiles, params, tile, stage, span.len_k, vectorized);
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

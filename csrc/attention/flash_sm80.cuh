@@ -299,6 +299,36 @@ __device__ __forceinline__ SequenceSpan sequence_span(const AttentionParams& par
           params.cu_seqlens_k[batch + 1] - k_start};
 }
 
+// The keys and values a query-tile program walks: kv_head of sequence `batch` from its first
+// key row, copied a BLOCK_N-key tile at a time into a double-buffered ring of swizzled
+// (BLOCK_N x D) shared-memory tiles.
+template <typename T, int BLOCK_N, int D, int THREADS>
+struct KeyValueTiles {
+  const T* k;  // &k[batch, kv_head, first key of the sequence, 0]
+  const T* v;  // &v[batch, kv_head, first key of the sequence, 0]
+
+  __device__ __forceinline__ KeyValueTiles(const AttentionParams& params, int64_t batch,
+                                           int kv_head, int64_t k_start)
+      : k(static_cast<const T*>(params.k) + batch * params.k_strides[0] +
+          kv_head * params.k_strides[1] + k_start * params.k_strides[2]),
+        v(static_cast<const T*>(params.v) + batch * params.v_strides[0] +
+          kv_head * params.v_strides[1] + k_start * params.v_strides[2]) {}
+
+  // Starts the copies of key tile `tile` into ring slot `stage` as one cp.async commit
+  // group; keys past len_k and dims past E/Ev are zero-filled.
+  __device__ __forceinline__ void load(T* k_tiles, T* v_tiles, const AttentionParams& params,
+                                       int tile, int stage, int len_k, bool vectorized) const {
+    const int key0 = tile * BLOCK_N, rows = min(BLOCK_N, len_k - key0);
+    load_tile<T, BLOCK_N, D, THREADS>(k_tiles + stage * BLOCK_N * D,
+                                      k + key0 * params.k_strides[2], params.k_strides[2],
+                                      rows, params.head_dim, vectorized, params.k);
+    load_tile<T, BLOCK_N, D, THREADS>(v_tiles + stage * BLOCK_N * D,
+                                      v + key0 * params.v_strides[2], params.v_strides[2],
+                                      rows, params.value_dim, vectorized, params.v);
+    cp_async_commit();
+  }
+};
+
 // The CTA's tile, head and batch in a 1-D grid of tiles x heads x batch (tiles fastest, so
 // CTAs sharing one head's keys and values run together; no 65535 limit on any axis).
 struct TileCoordinates {

@@ -142,17 +142,19 @@ at::Tensor dense_aligned(const at::Tensor& tensor) {
   return tensor.is_contiguous() && aligned ? tensor : tensor.clone(at::MemoryFormat::Contiguous);
 }
 
-// out (P, Q) = left (P, K) @ right^T, right (Q, K): nn.Linear's product. In cuBLASLt's
-// column-major terms out^T (Q x P) = right (op T) * left^T (op N).
-ff::GemmProblem linear_product(at::Tensor& out, const at::Tensor& left, const at::Tensor& right,
-                               DType dtype) {
+// out = op(left) @ op(right), op transposing where asked (row-major tensors). cuBLASLt is
+// column-major: a row-major (r, c) tensor is its (c x r) transpose there, so it computes
+// out^T = op(right)^T * op(left)^T with A = right (op T iff transpose_right) and B = left
+// (op T iff transpose_left).
+ff::GemmProblem product(at::Tensor& out, const at::Tensor& left, bool transpose_left,
+                        const at::Tensor& right, bool transpose_right, DType dtype) {
   ff::GemmProblem problem{};
   problem.dtype = dtype;
-  problem.transpose_a = true;
-  problem.transpose_b = false;
-  problem.m = right.size(0);
-  problem.n = left.size(0);
-  problem.k = left.size(1);
+  problem.transpose_a = transpose_right;
+  problem.transpose_b = transpose_left;
+  problem.m = right.size(transpose_right ? 0 : 1);
+  problem.n = left.size(transpose_left ? 1 : 0);
+  problem.k = left.size(transpose_left ? 0 : 1);
   problem.a = right.data_ptr();
   problem.lda = leading_dimension(right);
   problem.b = left.data_ptr();
@@ -162,43 +164,23 @@ ff::GemmProblem linear_product(at::Tensor& out, const at::Tensor& left, const at
   return problem;
 }
 
-// out (P, Q) = left (P, K) @ right (K, Q): out^T = right^T (op N) * left^T (op N).
+// out (P, Q) = left (P, K) @ right^T, right (Q, K): nn.Linear's product.
+ff::GemmProblem linear_product(at::Tensor& out, const at::Tensor& left, const at::Tensor& right,
+                               DType dtype) {
+  return product(out, left, false, right, true, dtype);
+}
+
+// out (P, Q) = left (P, K) @ right (K, Q).
 ff::GemmProblem plain_product(at::Tensor& out, const at::Tensor& left, const at::Tensor& right,
                               DType dtype) {
-  ff::GemmProblem problem{};
-  problem.dtype = dtype;
-  problem.transpose_a = false;
-  problem.transpose_b = false;
-  problem.m = right.size(1);
-  problem.n = left.size(0);
-  problem.k = left.size(1);
-  problem.a = right.data_ptr();
-  problem.lda = leading_dimension(right);
-  problem.b = left.data_ptr();
-  problem.ldb = leading_dimension(left);
-  problem.d = out.data_ptr();
-  problem.ldd = leading_dimension(out);
-  return problem;
+  return product(out, left, false, right, false, dtype);
 }
 
 // out (P, Q) = left^T @ right with left (K, P), right (K, Q): a weight gradient over the K
-// tokens. out^T = right^T (op N) * left (op T); BGRADB then sums left over the tokens.
+// tokens; BGRADB then sums left over the tokens.
 ff::GemmProblem transposed_product(at::Tensor& out, const at::Tensor& left,
                                    const at::Tensor& right, DType dtype) {
-  ff::GemmProblem problem{};
-  problem.dtype = dtype;
-  problem.transpose_a = false;
-  problem.transpose_b = true;
-  problem.m = right.size(1);
-  problem.n = left.size(1);
-  problem.k = left.size(0);
-  problem.a = right.data_ptr();
-  problem.lda = leading_dimension(right);
-  problem.b = left.data_ptr();
-  problem.ldb = leading_dimension(left);
-  problem.d = out.data_ptr();
-  problem.ldd = leading_dimension(out);
-  return problem;
+  return product(out, left, true, right, false, dtype);
 }
 
 // cuBLASLt's context on x's device and current stream (the caller holds a device guard).
