@@ -1,54 +1,87 @@
-"""Add + LayerNorm benchmark: fasttx's fused op against eager and compiled PyTorch and a copy.
+"""Add + LayerNorm: ``s = residual + dropout(x)``, ``y = layer_norm(s) * weight + bias``.
 
-    python -m benchmarks.add_layer_norm                      # the default sweep, bf16, on the GPU
-    python -m benchmarks.add_layer_norm --hidden-sizes 1024,8192 --dtypes bf16,fp32 --modes fwd
-    python -m benchmarks.add_layer_norm --return-residual --residual-dtype fp32 --dropout 0.1
-    python -m benchmarks.add_layer_norm --device cpu --smoke  # a seconds-long run of the script
+What is timed: one call of the op on x (rows, hidden) in the case's dtype, the residual
+(rows, hidden) in ``residual_dtype`` (fp32 where pre-norm stacks keep the stream wide),
+weight and bias (hidden,) in x's dtype; eps is fixed at :data:`EPS`. With
+``return_residual`` the op also returns s (pre-norm stacks need it) and the backward
+takes its gradient too. Modes are the harness's: fwd, bwd (the gradients of x, residual,
+weight and bias through a graph built untimed), fwd_bwd.
 
-The op is ``s = residual + dropout(x)``, ``y = layer_norm(s) * weight + bias`` on (rows, D)
-tensors (``fasttx.add_layer_norm``; with --return-residual it also returns s, as pre-norm
-stacks need). For each dtype, hidden size D and mode it times:
+Providers:
 
-- ``fasttx-triton`` and ``fasttx-reference``: ``fasttx.add_layer_norm(..., backend=...)``;
-- ``eager``: ``s = residual + F.dropout(x, p)``; ``F.layer_norm(s, (D,), weight, bias, eps)``;
-- ``compiled``: ``torch.compile(fullgraph=True, dynamic=False)`` of that eager function;
-- ``copy``: the ceiling, a same-device copy of as many bytes as x holds, timed in the
-  same run on the same number of input sets (its GB/s count the read and the write).
+- ``fasttx-triton``, ``fasttx-cuda``, ``fasttx-reference``:
+  ``fasttx.add_layer_norm(x, residual, weight, bias, EPS, dropout_p=, return_residual=,
+  backend=)``;
+- ``eager``: ``s = residual + F.dropout(x, p)``, then ``F.layer_norm`` in s's dtype, y
+  cast to x's dtype;
+- ``compiled``: ``torch.compile(eager, fullgraph=True, dynamic=False)``, compiled afresh
+  for each case.
 
-A provider that can't run (no Triton kernel, torch.compile failing, out of memory) is
-recorded with the reason. With dropout 0, every provider's forward is checked against
-fasttx's reference backend before anything is timed.
+Every provider's forward is checked against ``fasttx-reference`` (else ``eager``) when
+dropout is 0. There is no floor: the run's copy ceiling (``harness.ceilings``) gives every
+GB/s figure its fraction of peak.
 
-Modes: ``fwd`` (under ``torch.no_grad``), ``bwd`` (``torch.autograd.grad`` of the outputs
-for x, residual, weight and bias with pre-drawn output gradients, through a graph built
-by a forward run outside the timed region and retained between calls) and ``fwd+bwd``
-(forward with autograd, then the same gradients). Rows are chosen so that x holds at
-least --activation-mb MiB (64 by default), so the problem is memory-bound and not served
-from the L2 cache; input sets are cycled as in every benchmark here.
+Sweeps (profile "full"; bf16 unless said):
 
-GB/s count the bytes the op must move (:func:`forward_bytes`, :func:`backward_bytes`),
-whatever a provider actually moves (eager's extra passes and dropout mask are its loss);
-``vs_copy`` is that rate as a fraction of the copy's.
+- ``transformer``: the Transformer's base and big layers, hidden 512 and 1024 at 25,000
+  rows (a batch of 25k tokens); post-norm (s not returned, residual in x's dtype) and
+  pre-norm (s returned, residual in fp32); dropout 0 and 0.1;
+- ``hidden-size``: hidden 512 ... 65536, each with the fewest rows for which x holds at
+  least 64 MiB (memory-bound, not served from L2); dropout 0; bf16 and fp32 x, residual
+  as x; post-norm.
+
+All in fwd, bwd and fwd_bwd. "quick": hidden 1024 and 8192 of hidden-size (bf16) and the
+big pre-norm training case (dropout 0.1, fwd_bwd). "smoke": fp32, 8 rows, hidden 16 and 48.
+
+Bytes (-> GB/s): what the op must move, whatever a provider actually moves
+(:func:`forward_bytes`, :func:`backward_bytes`, :func:`moved_bytes`). With e_x the element
+size of x (and y, weight, bias and their gradients), e_s that of the residual stream
+(residual, s and their gradients), N rows, D = hidden and fp32 row statistics:
+
+- fwd reads x, residual, weight, bias and writes y, and s when returned;
+- bwd reads dy, ds (when s is returned), the saved s, weight, mean and rstd and writes
+  dx, dresidual, dweight, dbias;
+- fwd_bwd is a backward plus a forward that also writes what the backward reads (s once,
+  returned or not, and mean and rstd: 2 * N * 4 bytes).
+
+Not counted: a dropout mask (fasttx regenerates it from a Philox seed; eager's stored mask
+is eager's cost) and partial dweight/dbias sums.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks import harness
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-PROVIDERS = ("fasttx-triton", "fasttx-reference", "eager", "compiled", "copy")
-MODES = ("fwd", "bwd", "fwd+bwd")
-HIDDEN_SIZES = [512, 768, 1024, 2048, 4096, 8192, 16384, 65536]
-COLUMNS = ["hidden", "rows", "dtype", "mode", "provider", "ms", "gb_per_s", "vs_copy", "vs_eager",
-           "note"]
+OP = "add_layer_norm"
+PROVIDERS = ("fasttx-triton", "fasttx-cuda", "fasttx-reference", "eager", "compiled")
+CPU_PROVIDERS = ("fasttx-triton", "fasttx-reference", "eager")
+ORACLES = ("fasttx-reference", "eager")
+FLOORS = ()
+PLOTS = [
+    harness.Plot("hidden-size", x="hidden", metric="gbps", panels=("mode", "dtype"),
+                 sweeps=("hidden-size",), log_x=True),
+    harness.Plot("transformer", x="hidden", metric="gbps",
+                 panels=("mode", "return_residual", "dropout"), sweeps=("transformer",),
+                 log_x=True),
+]
+
+EPS = 1e-5
+TRANSFORMER_HIDDEN = (512, 1024)  # base, big
+TRANSFORMER_ROWS = 25_000  # tokens per batch
+HIDDEN_SIZES = (512, 768, 1024, 2048, 4096, 8192, 16384, 65536)
+ACTIVATION_MIB = 64  # x's size in the hidden-size sweep
+QUICK_HIDDEN = (1024, 8192)
+SMOKE_ROWS = 8
+#: (mode, hidden, return_residual, dropout) of the smoke profile's fp32 cases.
+SMOKE = (("fwd", 16, True, 0.0), ("bwd", 48, False, 0.0), ("fwd_bwd", 48, True, 0.1))
+
+
+# ---------------------------------------------------------------------------- bytes
 
 
 def _stats_size(dtype: torch.dtype) -> int:
@@ -92,226 +125,127 @@ def backward_bytes(rows: int, hidden: int, dtype: torch.dtype, residual_dtype: t
 
 def moved_bytes(mode: str, rows: int, hidden: int, dtype: torch.dtype,
                 residual_dtype: torch.dtype, *, return_residual: bool) -> int:
-    """The bytes one call in ``mode`` must move; fwd+bwd is a saving forward + a backward."""
+    """The bytes one call in ``mode`` must move; fwd_bwd is a saving forward + a backward."""
     sizes = (rows, hidden, dtype, residual_dtype)
     if mode == "fwd":
         return forward_bytes(*sizes, return_residual=return_residual)
     backward = backward_bytes(*sizes, return_residual=return_residual)
     if mode == "bwd":
         return backward
-    return backward + forward_bytes(*sizes, return_residual=return_residual,
-                                    saves_for_backward=True)
+    if mode == "fwd_bwd":
+        return backward + forward_bytes(*sizes, return_residual=return_residual,
+                                        saves_for_backward=True)
+    raise ValueError(f"mode must be one of {harness.MODES}, got {mode!r}")
 
 
-def rows_for(hidden: int, dtype: torch.dtype, activation_mib: float) -> int:
-    """The fewest rows for which x (rows, hidden) holds at least ``activation_mib`` MiB."""
-    return max(1, math.ceil(activation_mib * 2**20 / (hidden * dtype.itemsize)))
+def rows_for(hidden: int, dtype: str, mib: float = ACTIVATION_MIB) -> int:
+    """The fewest rows for which x (rows, hidden) in ``dtype`` holds at least ``mib`` MiB."""
+    return math.ceil(mib * 2**20 / (hidden * harness.DTYPES[dtype].itemsize))
 
 
-class Case(NamedTuple):
-    """One input set: the op's inputs (all requiring grad) and the output gradients."""
-
-    x: torch.Tensor
-    residual: torch.Tensor
-    weight: torch.Tensor
-    bias: torch.Tensor
-    grad_y: torch.Tensor
-    grad_s: torch.Tensor | None  # only when s is returned
-
-    @property
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        return self.x, self.residual, self.weight, self.bias
+# ---------------------------------------------------------------------------- cases
 
 
-def make_case(rows, hidden, dtype, residual_dtype, device, seed, *, return_residual) -> Case:
+def make_case(sweep: str, mode: str, dtype: str, rows: int, hidden: int, *,
+              residual_dtype: str | None = None, return_residual: bool = False,
+              dropout: float = 0.0) -> harness.Case:
+    """One case; the residual stream is in x's dtype unless ``residual_dtype`` is given."""
+    residual_dtype = residual_dtype or dtype
+    shape = dict(rows=rows, hidden=hidden, residual_dtype=residual_dtype,
+                 return_residual=return_residual, dropout=dropout)
+    return harness.Case(OP, sweep, mode, dtype, shape, bytes=moved_bytes(
+        mode, rows, hidden, harness.DTYPES[dtype], harness.DTYPES[residual_dtype],
+        return_residual=return_residual))
+
+
+def _transformer() -> list[harness.Case]:
+    """Post-norm (residual as x) and pre-norm (s returned, fp32 stream) base/big layers."""
+    return [make_case("transformer", mode, "bf16", TRANSFORMER_ROWS, hidden,
+                      residual_dtype="fp32" if pre_norm else "bf16",
+                      return_residual=pre_norm, dropout=dropout)
+            for hidden in TRANSFORMER_HIDDEN for pre_norm in (False, True)
+            for dropout in (0.0, 0.1) for mode in harness.MODES]
+
+
+def _hidden_size() -> list[harness.Case]:
+    return [make_case("hidden-size", mode, dtype, rows_for(hidden, dtype), hidden)
+            for dtype in ("bf16", "fp32") for hidden in HIDDEN_SIZES for mode in harness.MODES]
+
+
+def _quick(case: harness.Case) -> bool:
+    """Whether a full case is in the quick profile."""
+    if case.sweep == "hidden-size":
+        return case.dtype == "bf16" and case.shape["hidden"] in QUICK_HIDDEN
+    return (case.shape["hidden"] == TRANSFORMER_HIDDEN[-1] and case.shape["return_residual"]
+            and case.shape["dropout"] > 0 and case.mode == "fwd_bwd")
+
+
+def cases(profile: str) -> list[harness.Case]:
+    """The cases of ``profile``: "full", "quick" (a subset of full) or "smoke"."""
+    full = _transformer() + _hidden_size()
+    if profile == "full":
+        return full
+    if profile == "quick":
+        return [case for case in full if _quick(case)]
+    if profile == "smoke":
+        return [make_case("smoke", mode, "fp32", SMOKE_ROWS, hidden,
+                          return_residual=return_residual, dropout=dropout)
+                for mode, hidden, return_residual, dropout in SMOKE]
+    raise ValueError(f"profile must be one of {harness.PROFILES}, got {profile!r}")
+
+
+# ---------------------------------------------------------------------------- inputs, providers
+
+
+def make_inputs(case: harness.Case, device: str, seed: int) -> harness.InputSet:
+    """inputs: x (rows, hidden), residual (rows, hidden), weight, bias (hidden,), all
+    differentiated; grads: dy (rows, hidden) in x's dtype and, when s is returned, ds
+    (rows, hidden) in the residual's dtype."""
+    rows, hidden = case.shape["rows"], case.shape["hidden"]
+    dtype, residual_dtype = case.torch_dtype, harness.DTYPES[case.shape["residual_dtype"]]
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
-    def draw(*shape, dtype, scale=1.0, shift=0.0, grad=True):
-        values = torch.randn(*shape, generator=generator) * scale + shift
+    def draw(*size, dtype, scale=1.0, shift=0.0, grad=True):
+        values = torch.randn(*size, generator=generator) * scale + shift
         return values.to(device, dtype).requires_grad_(grad)
 
-    return Case(draw(rows, hidden, dtype=dtype), draw(rows, hidden, dtype=residual_dtype),
-                draw(hidden, dtype=dtype, scale=0.1, shift=1.0),
-                draw(hidden, dtype=dtype, scale=0.1),
-                draw(rows, hidden, dtype=dtype, grad=False),
-                draw(rows, hidden, dtype=residual_dtype, grad=False) if return_residual else None)
+    inputs = (draw(rows, hidden, dtype=dtype), draw(rows, hidden, dtype=residual_dtype),
+              draw(hidden, dtype=dtype, scale=0.1, shift=1.0), draw(hidden, dtype=dtype, scale=0.1))
+    grads = (draw(rows, hidden, dtype=dtype, grad=False),)
+    if case.shape["return_residual"]:
+        grads += (draw(rows, hidden, dtype=residual_dtype, grad=False),)
+    return harness.InputSet(inputs, grads)
 
 
-def layer_norm_call(provider, hidden, *, eps, dropout_p, return_residual):
-    """fn(x, residual, weight, bias) -> y, or (y, s) with return_residual, for one provider."""
-    if provider.startswith("fasttx-"):
-        import fasttx
-        backend = provider.removeprefix("fasttx-")
+def fasttx_call(backend: str, *, dropout_p: float, return_residual: bool):
+    """fn(x, residual, weight, bias) -> y, or (y, s), by ``fasttx.add_layer_norm``."""
+    def fused(x, residual, weight, bias):
+        import fasttx  # here, not on import: fasttx imports triton.language, which on
+        # CPU must come after harness.start has switched the interpreter on
+        return fasttx.add_layer_norm(x, residual, weight, bias, EPS, dropout_p=dropout_p,
+                                     return_residual=return_residual, backend=backend)
+    return fused
 
-        def fused(x, residual, weight, bias):
-            return fasttx.add_layer_norm(x, residual, weight, bias, eps, dropout_p=dropout_p,
-                                         return_residual=return_residual, backend=backend)
-        return fused
 
+def eager_call(*, dropout_p: float, return_residual: bool):
+    """fn(x, residual, weight, bias) -> y, or (y, s), in plain PyTorch."""
     def eager(x, residual, weight, bias):
-        s = residual + F.dropout(x, dropout_p)
+        s = residual + F.dropout(x, dropout_p)  # (rows, hidden), the wider of the two dtypes
         # a wider residual stream makes s wider: y is normalised in s's dtype, returned in x's
-        y = F.layer_norm(s, (hidden,), weight.to(s.dtype), bias.to(s.dtype), eps).to(x.dtype)
-        return (y, s) if return_residual else y
-    if provider == "eager":
-        return eager
-    if provider == "compiled":
+        y = F.layer_norm(s, s.shape[-1:], weight.to(s.dtype), bias.to(s.dtype), EPS)
+        return (y.to(x.dtype), s) if return_residual else y.to(x.dtype)
+    return eager
+
+
+def provider(case: harness.Case, name: str, device: str) -> harness.Provider:
+    """How ``name`` runs ``case`` (all take the op's inputs as they are)."""
+    options = dict(dropout_p=case.shape["dropout"], return_residual=case.shape["return_residual"])
+    if name.startswith("fasttx-"):
+        return harness.Provider(call=fasttx_call(name.removeprefix("fasttx-"), **options))
+    if name == "eager":
+        return harness.Provider(call=eager_call(**options))
+    if name == "compiled":
         torch._dynamo.reset()  # each case compiles afresh: no recompile limit, no stale graphs
-        return torch.compile(eager, fullgraph=True, dynamic=False)
-    raise ValueError(f"{provider!r} is not a layer-norm provider")
-
-
-def timed_call(call, mode):
-    """(prepare, timed) for one mode: ``prepare(case)``, run before timing, returns the
-    arguments of ``timed``, the function that is timed.
-
-    fwd: ``timed(case)`` -> output under no_grad. fwd+bwd: ``timed(case)`` -> (output,
-    gradients of x, residual, weight, bias). bwd: ``prepare`` runs the forward with
-    autograd; ``timed(outputs, inputs, output_grads)`` -> the gradients (graph retained).
-    """
-    def outputs_and_grads(out, case):
-        outputs = out if isinstance(out, tuple) else (out,)
-        return outputs, (case.grad_y, case.grad_s)[:len(outputs)]
-
-    if mode == "fwd":
-        def forward(case):
-            with torch.no_grad():
-                return call(*case.inputs)
-        return (lambda case: (case,)), forward
-    if mode == "fwd+bwd":
-        def forward_backward(case):
-            out = call(*case.inputs)
-            outputs, output_grads = outputs_and_grads(out, case)
-            return out, torch.autograd.grad(outputs, case.inputs, output_grads)
-        return (lambda case: (case,)), forward_backward
-    if mode == "bwd":
-        def prepare(case):
-            return (*outputs_and_grads(call(*case.inputs), case), case.inputs)
-
-        def backward(outputs, output_grads, inputs):
-            return torch.autograd.grad(outputs, inputs, output_grads, retain_graph=True)
-        return prepare, backward
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def run_case(args, dtype_name, hidden, table):
-    dtype = DTYPES[dtype_name]
-    residual_dtype = DTYPES[args.residual_dtype] if args.residual_dtype else dtype
-    rows = args.rows or rows_for(hidden, dtype, args.activation_mb)
-    sets = [make_case(rows, hidden, dtype, residual_dtype, args.device, seed,
-                      return_residual=args.return_residual) for seed in range(args.input_sets)]
-    options = dict(eps=args.eps, dropout_p=args.dropout, return_residual=args.return_residual)
-    x_bytes = rows * hidden * dtype.itemsize
-    copy_ms = harness.copy_ms(x_bytes, args.device, copies=args.input_sets)
-    copy_rate = harness.gb_per_s(2 * x_bytes, copy_ms)
-    expected = None
-    if args.dropout == 0.0:  # with dropout, the providers draw different masks
-        with torch.no_grad():
-            expected = layer_norm_call("fasttx-reference", hidden, **options)(*sets[0].inputs)
-
-    times = {mode: {"copy": copy_ms} for mode in args.modes}
-    notes = {}
-    for provider in args.providers:
-        if provider == "copy":
-            continue
-        try:
-            call = layer_norm_call(provider, hidden, **options)
-            if expected is not None:
-                with torch.no_grad():
-                    harness.check_matches(provider, call(*sets[0].inputs), expected)
-        except (harness.MismatchError, RuntimeError) as error:  # BackendUnavailable, OOM
-            note = harness.failure_note(error)
-            notes.update({(mode, provider): note for mode in args.modes})
-            continue
-        for mode in args.modes:
-            try:
-                prepare, timed = timed_call(call, mode)
-                times[mode][provider] = harness.time_ms(timed, [prepare(case) for case in sets],
-                                                        args.device)
-            except RuntimeError as error:
-                notes[mode, provider] = harness.failure_note(error)
-
-    for mode in args.modes:
-        eager_ms = times[mode].get("eager")
-        for provider in args.providers:
-            ms = times[mode].get(provider)
-            if ms is None:
-                table.add(hidden=hidden, rows=rows, dtype=dtype_name, mode=mode,
-                          provider=provider, note=notes[mode, provider])
-                continue
-            if provider == "copy":
-                rate, note = copy_rate, "ceiling: a copy of x's bytes (read + write)"
-            else:
-                rate, note = harness.gb_per_s(moved_bytes(
-                    mode, rows, hidden, dtype, residual_dtype,
-                    return_residual=args.return_residual), ms), None
-            table.add(hidden=hidden, rows=rows, dtype=dtype_name, mode=mode, provider=provider,
-                      ms=ms, gb_per_s=rate, vs_copy=rate / copy_rate,
-                      vs_eager=(eager_ms / ms if eager_ms and provider not in ("eager", "copy")
-                                else None), note=note)
-
-
-def plot(table, path):
-    harness.plot_panels(table, path, panel_by=("mode", "dtype"), x="hidden", y="gb_per_s",
-                        series="provider", ylabel="GB/s")
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden-sizes", type=harness.int_list, default=HIDDEN_SIZES)
-    parser.add_argument("--dtypes", type=harness.choice_list(DTYPES), default=None,
-                        help="comma-separated; default bf16 on a GPU, fp32 on CPU")
-    parser.add_argument("--modes", type=harness.choice_list(MODES), default=list(MODES))
-    parser.add_argument("--providers", type=harness.choice_list(PROVIDERS),
-                        default=list(PROVIDERS))
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout_p on x")
-    parser.add_argument("--return-residual", action="store_true",
-                        help="also return (and write) s, as pre-norm stacks do")
-    parser.add_argument("--residual-dtype", choices=list(DTYPES), default=None,
-                        help="the residual stream's dtype (default: the dtype of x)")
-    parser.add_argument("--eps", type=float, default=1e-5)
-    parser.add_argument("--activation-mb", type=float, default=64.0,
-                        help="rows are chosen so that x holds at least this many MiB")
-    parser.add_argument("--rows", type=int, default=None, help="fixed rows (overrides the above)")
-    parser.add_argument("--input-sets", type=int, default=2)
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, for checking the script (CPU: the Triton interpreter)")
-    parser.add_argument("--out", type=harness.Path, default=None,
-                        help="results folder (default benchmarks/results/<gpu>/)")
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.dropout < 1.0:
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
-    for name in ("eps", "activation_mb", "rows", "input_sets"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.smoke:
-        args.hidden_sizes, args.rows, args.input_sets = [16, 48], 8, 1
-    args.dtypes = args.dtypes or ["bf16" if args.device == "cuda" else "fp32"]
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    env = harness.start(args.device)
-    env.update(dtypes=",".join(args.dtypes), residual_dtype=args.residual_dtype or "as x",
-               dropout=args.dropout, return_residual=args.return_residual, eps=args.eps,
-               ceilings=harness.ceilings(args.device))
-    table = harness.Table(COLUMNS)
-    cases = [(dtype, hidden) for dtype in args.dtypes for hidden in args.hidden_sizes]
-    for dtype, hidden in harness.progress(cases, len(cases), "add_layer_norm"):
-        run_case(args, dtype, hidden, table)
-    notes = ("GB/s from the bytes the op must move: fwd reads x, residual, weight, bias and "
-             "writes y (and s when returned); bwd reads dy (and ds), s, weight, mean, rstd and "
-             "writes dx, dresidual, dweight, dbias; fwd+bwd adds a forward that also writes s, "
-             "mean and rstd for the backward. vs_copy: that rate / the copy's (a copy of x's "
-             "bytes, read + write, same run); vs_eager: eager's time / this provider's."
-             + (" Dropout > 0: outputs not checked (the masks differ)." if args.dropout else ""))
-    path = harness.write_results("add_layer_norm", env, table, notes, args.out, plot)
-    print(table.markdown())
-    print(f"\nwritten: {path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
+        return harness.Provider(call=torch.compile(eager_call(**options), fullgraph=True,
+                                                   dynamic=False))
+    raise LookupError(f"{name!r} is not one of {OP}'s providers {PROVIDERS}")

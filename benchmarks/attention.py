@@ -1,219 +1,371 @@
-"""Attention benchmark: fasttx's Triton kernels against every torch SDPA backend.
+"""Attention benchmark: fasttx's kernels against every torch SDPA backend and flash-attn.
 
-    python -m benchmarks.attention                       # the default grid on the GPU
-    python -m benchmarks.attention --head-dims 128 --seqlens 4096,16384 --masks causal
-    python -m benchmarks.attention --device cpu --smoke  # a seconds-long run of the script
+Times masked scaled-dot-product attention ``softmax(q k^T / sqrt(D) + mask) v`` with q
+(B, H, Lq, D) and k, v (B, H, Lk, D), forward (``fwd``), backward alone (``bwd``) and both
+(``fwd_bwd``), gradients for q, k and v. Providers:
 
-For each head dim, sequence length, mask and mode (forward, forward+backward) it times
-fasttx (``backend="triton"``) and torch's SDPA with each backend forced (flash, efficient,
-cudnn, math) and with torch's default choice; a backend that refuses the input is
-recorded as such. Batch x sequence is fixed (16k tokens by default) and the heads fill a
-model width of 2048, as FlashAttention's benchmarks do.
+- ``fasttx-triton``, ``fasttx-cuda``, ``fasttx-reference``:
+  ``fasttx.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, backend=...)``;
+- ``eager``: the plain composition (:func:`eager_attention`) and ``compiled``, its
+  ``torch.compile``;
+- ``torch-default`` (torch's own choice) and ``torch-flash``, ``torch-efficient``,
+  ``torch-cudnn``, ``torch-math``: ``F.scaled_dot_product_attention`` with that backend
+  forced; torch can't take a mask together with ``is_causal`` on its fast paths, so with
+  both it gets them folded into one (B, 1, Lq, Lk) mask, built untimed;
+- ``flash-attn`` (``flash_attn``) and ``flash-attn-3`` (``flash_attn_interface``):
+  ``flash_attn_func`` on (B, L, H, D) tensors, ``flash_attn_varlen_func`` on the unpadded
+  keys when there is key padding (layouts converted untimed), where importable.
 
-Masks: "none"; "causal"; "key_padding" (bool (B, 1, 1, L), each sequence's length drawn
-uniformly from [1, L], so half the keys are padded on average); "key_padding+causal"
-(fasttx takes the padding mask and is_causal=True; torch, which can't combine them on the
-fast paths, gets the equivalent (B, 1, L, L) mask, built before timing).
+The fasttx reference, eager, compiled and torch-math providers build the whole score
+matrix, so they are skipped when its fp32 copy would exceed 8 GiB.
 
-TFLOP/s use the field's FLOP convention (FlashAttention's) on the dense problem: forward
-4 * B * H * L^2 * D, forward+backward 3.5x that, causal half; for padded batches this is
-an effective rate (the work a dense kernel would do per second). Every case also checks
-that fasttx's output matches torch's default backend.
+Sweeps ("full" profile, bf16): ``transformer-base`` / ``transformer-big`` (the
+Transformer's attention layers: d_model 512 / 1024, 8 / 16 heads of 64; sequences 64-1024
+at 25k tokens per batch; encoder self-attention with key padding, decoder self-attention
+causal with key padding, cross-attention with 5/4 as many keys as queries);
+``long-sequence`` (512-32k, head dim 64/128/256, causal or not, no mask; 16k tokens per
+batch, 2048 / D heads); ``key-padding`` (25% and 50% of the keys padded on average, and
+a mask with none padded: the cost of passing one); ``cross-attention`` (Lq != Lk up to
+16:1 either way, with and without key padding).
+
+A key padding mask is bool (B, 1, 1, Lk), True where a key may be attended; for a padding
+fraction p each sequence keeps a uniform draw from [round(Lk (1 - 2p)), Lk] keys (at
+least 1). Causal masks are top-left aligned (query i attends keys j <= i).
+
+TFLOP/s follow the field's convention (FlashAttention's): forward 4 B H Lq Lk D, halved
+when causal, backward 2.5x and forward+backward 3.5x that, counted on the dense problem
+even with padding (an effective rate).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import math
-import sys
+import importlib
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks import harness
 
+OP = "attention"
 TORCH_BACKENDS = {"torch-flash": "FLASH_ATTENTION", "torch-efficient": "EFFICIENT_ATTENTION",
                   "torch-cudnn": "CUDNN_ATTENTION", "torch-math": "MATH"}
-PROVIDERS = ("fasttx", "torch-default", *TORCH_BACKENDS)
-MASKS = ("none", "causal", "key_padding", "key_padding+causal")
-MODES = ("fwd", "fwd+bwd")
-COLUMNS = ["head_dim", "seqlen", "batch", "heads", "mask", "mode", "provider", "ms", "tflops",
-           "vs_default", "vs_best_torch", "note"]
+FLASH_ATTN_MODULES = {"flash-attn": "flash_attn", "flash-attn-3": "flash_attn_interface"}
+PROVIDERS = ("fasttx-triton", "fasttx-cuda", "fasttx-reference", "eager", "compiled",
+             "torch-default", *TORCH_BACKENDS, *FLASH_ATTN_MODULES)
+CPU_PROVIDERS = ("fasttx-triton", "fasttx-reference", "eager", "torch-default", "torch-math")
+ORACLES = ("fasttx-reference", "torch-default")
+FLOORS = ()
+#: Providers that build the (B, H, Lq, Lk) score matrix, and the largest fp32 one allowed.
+MATERIALISING = ("fasttx-reference", "eager", "compiled", "torch-math")
+MAX_SCORE_BYTES = 8 * 2**30
+PLOTS = [
+    harness.Plot("transformer", x="seqlen_q", metric="tflops",
+                 panels=("mode", "d_model", "layer"),
+                 sweeps=("transformer-base", "transformer-big"), log_x=True),
+    harness.Plot("long-sequence", x="seqlen_q", metric="tflops",
+                 panels=("mode", "head_dim", "causal"), sweeps=("long-sequence",), log_x=True),
+    harness.Plot("key-padding", x="padding", metric="tflops",
+                 panels=("mode", "seqlen_q", "causal"), sweeps=("key-padding",)),
+    harness.Plot("cross-attention", x="seqlen_q", metric="tflops",
+                 panels=("mode", "padding"), sweeps=("cross-attention",), log_x=True),
+]
 
 
-def flops(batch, heads, seqlen, head_dim, mask, mode):
-    """The FLOPs of one call as FlashAttention counts them."""
-    forward = 4 * batch * heads * seqlen * seqlen * head_dim
-    forward *= 0.5 if mask.endswith("causal") else 1.0
-    return forward * (3.5 if mode == "fwd+bwd" else 1.0)
+def flops(shape: dict, mode: str) -> float:
+    """FLOPs of one call by FlashAttention's count: forward 4 B H Lq Lk D (two matmuls),
+    halved when causal; bwd 2.5x (five matmuls), fwd_bwd 3.5x. Dense, whatever the padding."""
+    forward = 4 * shape["batch"] * shape["heads"] * shape["seqlen_q"] * shape["seqlen_k"] \
+        * shape["head_dim"] * (0.5 if shape["causal"] else 1.0)
+    return forward * {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}[mode]
 
 
-def make_case(batch, heads, seqlen, head_dim, mask, dtype, device, seed):
-    """q, k, v (B, H, L, D) and each provider's masks: (fasttx_mask, torch_mask, causal)."""
+# ---------------------------------------------------------------------------- cases
+
+
+def attention_shape(batch: int, heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
+                    causal: bool, padding: float | None, **extra) -> dict:
+    """A case's shape dict (``extra`` first: the transformer sweeps' layer and d_model)."""
+    return {**extra, "batch": batch, "heads": heads, "seqlen_q": seqlen_q,
+            "seqlen_k": seqlen_k, "head_dim": head_dim, "causal": causal, "padding": padding}
+
+
+def transformer_shapes(d_model: int, heads: int) -> list[dict]:
+    """Encoder self, decoder self and cross attention of a Transformer layer, 25k tokens
+    per batch; key padding 25%; cross-attention reads 5/4 as many source tokens."""
+    shapes = []
+    for seqlen in (64, 128, 256, 512, 1024):
+        layers = {"encoder-self": (seqlen, False), "decoder-self": (seqlen, True),
+                  "cross": (seqlen * 5 // 4, False)}
+        for layer, (seqlen_k, causal) in layers.items():
+            shapes.append(attention_shape(25000 // seqlen, heads, seqlen, seqlen_k,
+                                          d_model // heads, causal, 0.25, layer=layer,
+                                          d_model=d_model))
+    return shapes
+
+
+def _long_batch_heads(seqlen: int, head_dim: int) -> tuple[int, int]:
+    """16k tokens per batch (at least one sequence), heads filling a width of 2048."""
+    return max(1, 16384 // seqlen), 2048 // head_dim
+
+
+def long_sequence_shapes() -> list[dict]:
+    return [attention_shape(*_long_batch_heads(seqlen, head_dim), seqlen, seqlen, head_dim,
+                            causal, None)
+            for head_dim in (64, 128, 256) for causal in (False, True)
+            for seqlen in (2**n for n in range(9, 16))]
+
+
+def key_padding_shapes() -> list[dict]:
+    return [attention_shape(*_long_batch_heads(seqlen, 128), seqlen, seqlen, 128, causal,
+                            padding)
+            for causal in (False, True) for seqlen in (1024, 4096, 16384)
+            for padding in (0, 0.25, 0.5)]
+
+
+def cross_attention_shapes() -> list[dict]:
+    return [attention_shape(max(1, 16384 // max(seqlen_q, seqlen_k)), 16, seqlen_q, seqlen_k,
+                            128, False, padding)
+            for seqlen_q, seqlen_k in ((512, 4096), (4096, 512), (1024, 16384), (16384, 1024))
+            for padding in (None, 0.25)]
+
+
+def full_shapes() -> dict[str, list[dict]]:
+    """Every sweep's shapes, by sweep."""
+    return {"transformer-base": transformer_shapes(512, 8),
+            "transformer-big": transformer_shapes(1024, 16),
+            "long-sequence": long_sequence_shapes(), "key-padding": key_padding_shapes(),
+            "cross-attention": cross_attention_shapes()}
+
+
+def quick_shapes() -> dict[str, list[dict]]:
+    """A few representative shapes of the full sweeps."""
+    full = full_shapes()
+    return {
+        "transformer-base": [s for s in full["transformer-base"] if s["seqlen_q"] == 256],
+        "long-sequence": [s for s in full["long-sequence"]
+                          if s["seqlen_q"] == 4096 and s["head_dim"] in (64, 128)],
+        "key-padding": [s for s in full["key-padding"]
+                        if (s["seqlen_q"], s["padding"], s["causal"]) == (4096, 0.5, False)],
+        "cross-attention": [s for s in full["cross-attention"]
+                            if (s["seqlen_q"], s["seqlen_k"], s["padding"]) == (1024, 16384, 0.25)],
+    }
+
+
+def _case(sweep: str, mode: str, dtype: str, shape: dict) -> harness.Case:
+    return harness.Case(op=OP, sweep=sweep, mode=mode, dtype=dtype, shape=shape,
+                        flops=flops(shape, mode))
+
+
+def cases(profile: str) -> list[harness.Case]:
+    """full: every sweep in every mode, bf16; quick: a few shapes, fwd and bwd; smoke:
+    four tiny fp32 cases (no mask; causal; causal + padding; cross with padding) spread
+    over the modes, head dim 24 (not a power of two)."""
+    if profile == "smoke":
+        smoke = [("fwd", attention_shape(2, 2, 16, 16, 24, False, None)),
+                 ("fwd_bwd", attention_shape(2, 2, 20, 20, 24, True, None)),
+                 ("bwd", attention_shape(2, 2, 24, 24, 24, True, 0.25)),
+                 ("fwd_bwd", attention_shape(2, 2, 16, 24, 24, False, 0.5))]
+        return [_case("smoke", mode, "fp32", shape) for mode, shape in smoke]
+    if profile not in harness.PROFILES:
+        raise ValueError(f"profile must be one of {harness.PROFILES}, got {profile!r}")
+    sweeps, modes = (full_shapes(), harness.MODES) if profile == "full" \
+        else (quick_shapes(), ("fwd", "bwd"))
+    return [_case(sweep, mode, "bf16", shape)
+            for sweep, shapes in sweeps.items() for shape in shapes for mode in modes]
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def key_padding_mask(batch: int, seqlen_k: int, padding: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """(B, 1, 1, Lk) bool, True for each row's first n keys, n uniform in
+    [max(1, round(Lk (1 - 2 p))), Lk]: a fraction p of the keys padded on average."""
+    shortest = max(1, round(seqlen_k * (1 - 2 * padding)))
+    lengths = torch.randint(shortest, seqlen_k + 1, (batch,), generator=generator)
+    return (torch.arange(seqlen_k) < lengths[:, None])[:, None, None, :]
+
+
+def causal_mask(seqlen_q: int, seqlen_k: int, device) -> torch.Tensor:
+    """(Lq, Lk) bool, True where key j <= query i (top-left aligned)."""
+    return torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device).tril()
+
+
+def make_inputs(case: harness.Case, device: str, seed: int) -> harness.InputSet:
+    """inputs (q, k, v, mask): q (B, H, Lq, D), k and v (B, H, Lk, D) requiring grad, the
+    key padding mask (B, 1, 1, Lk) or None; grads (dout,): (B, H, Lq, D)."""
+    shape = case.shape
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    q, k, v = (torch.randn(batch, heads, seqlen, head_dim, generator=generator).to(device, dtype)
-               for _ in range(3))
-    padding = None
-    if mask.startswith("key_padding"):
-        lengths = torch.randint(1, seqlen + 1, (batch,), generator=generator)
-        padding = (torch.arange(seqlen) < lengths[:, None])[:, None, None, :].to(device)
-    causal = mask.endswith("causal")
-    torch_mask = padding
-    if padding is not None and causal:
-        lower = torch.ones(seqlen, seqlen, dtype=torch.bool, device=device).tril()
-        torch_mask = padding & lower
-    return q, k, v, padding, torch_mask, causal
+    batch, heads, head_dim = shape["batch"], shape["heads"], shape["head_dim"]
+
+    def draw(seqlen, grad=True):
+        values = torch.randn(batch, heads, seqlen, head_dim, generator=generator)
+        return values.to(device, case.torch_dtype).requires_grad_(grad)
+
+    q, k, v = draw(shape["seqlen_q"]), draw(shape["seqlen_k"]), draw(shape["seqlen_k"])
+    grad_out = draw(shape["seqlen_q"], grad=False)
+    mask = None
+    if shape["padding"] is not None:
+        mask = key_padding_mask(batch, shape["seqlen_k"], shape["padding"], generator)
+        mask = mask.to(device)
+    return harness.InputSet(inputs=(q, k, v, mask), grads=(grad_out,))
 
 
-def attention_call(provider):
-    """fn(q, k, v, fasttx_mask, torch_mask, causal) -> out for one provider."""
-    if provider == "fasttx":
-        import fasttx
+# ---------------------------------------------------------------------------- providers
 
-        def run(q, k, v, mask, _torch_mask, causal):
-            return fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                       backend="triton")
-        return run
+
+def eager_attention(q, k, v, mask, causal: bool):
+    """Attention as plain PyTorch ops: scores in the inputs' dtype, -inf where a key may
+    not be attended (padding ``mask`` (B, 1, 1, Lk) or None, and causal), softmax in fp32
+    cast back, then @ v. (B, H, Lq, D)."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Lq, Lk)
+    allowed = mask
+    if causal:
+        lower = causal_mask(q.shape[-2], k.shape[-2], q.device)
+        allowed = lower if allowed is None else allowed & lower
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+def check_scores_fit(shape: dict) -> None:
+    """Raises Unavailable when the fp32 (B, H, Lq, Lk) scores exceed MAX_SCORE_BYTES."""
+    size = 4 * shape["batch"] * shape["heads"] * shape["seqlen_q"] * shape["seqlen_k"]
+    if size > MAX_SCORE_BYTES:
+        raise harness.Unavailable(f"its fp32 score matrix would take {size / 2**30:.1f} GiB "
+                                  f"(limit {MAX_SCORE_BYTES / 2**30:.0f} GiB)")
+
+
+def fold_causal_into_mask(input_set: harness.InputSet) -> harness.InputSet:
+    """The same inputs with the padding mask (B, 1, 1, Lk) and the causal mask folded into
+    one (B, 1, Lq, Lk) bool mask, for torch's SDPA."""
+    q, k, v, mask = input_set.inputs
+    folded = mask & causal_mask(q.shape[-2], k.shape[-2], mask.device)
+    return harness.InputSet(inputs=(q, k, v, folded), grads=input_set.grads)
+
+
+def _fasttx(backend: str, causal: bool) -> harness.Provider:
+    import fasttx
+
+    def call(q, k, v, mask):
+        return fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                   backend=backend)
+    return harness.Provider(call=call)
+
+
+def _torch_sdpa(name: str, shape: dict, device: str) -> harness.Provider:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def run(q, k, v, _mask, torch_mask, causal):
-        # torch's fast paths refuse attn_mask together with is_causal: the folded mask
-        causal_flag = causal and torch_mask is None
-        forced = (sdpa_kernel(getattr(SDPBackend, TORCH_BACKENDS[provider]))
-                  if provider in TORCH_BACKENDS else contextlib.nullcontext())
+    backend = TORCH_BACKENDS.get(name)
+    if backend not in (None, "MATH") and device != "cuda":
+        raise harness.Unavailable(f"torch's {backend} SDPA backend runs on CUDA GPUs only")
+    causal, padded = shape["causal"], shape["padding"] is not None
+
+    def call(q, k, v, mask):
+        forced = sdpa_kernel(getattr(SDPBackend, backend)) if backend \
+            else contextlib.nullcontext()
         with forced:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=torch_mask,
-                                                  is_causal=causal_flag)
-    return run
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                  is_causal=causal and not padded)
+    return harness.Provider(call=call, adapt=fold_causal_into_mask if causal and padded else None)
 
 
-def timed_call(provider, mode):
-    attend = attention_call(provider)
-    if mode == "fwd":
-        def forward(*case):
-            with torch.no_grad():
-                return attend(*case)
-        return forward
-
-    def forward_backward(q, k, v, *masks):
-        out = attend(q, k, v, *masks)
-        return torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-    return forward_backward
+def _to_flash_layout(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, D) -> a contiguous leaf (B, L, H, D), requiring grad as ``t`` does."""
+    return t.detach().transpose(1, 2).contiguous().requires_grad_(t.requires_grad)
 
 
-def run_case(args, head_dim, seqlen, mask, table):
-    batch = max(1, args.batch_tokens // seqlen)
-    heads = max(1, args.width // head_dim)
-    sets = [make_case(batch, heads, seqlen, head_dim, mask, args.dtype, args.device, seed)
-            for seed in range(args.input_sets)]
-    reference = None
-    for mode in args.modes:
-        if mode == "fwd+bwd":
-            sets = [tuple(t.requires_grad_(True) if i < 3 else t for i, t in enumerate(case))
-                    for case in sets]
-        times = {}
-        for provider in args.providers:
-            note = None
-            try:
-                call = timed_call(provider, mode)
-                if mode == "fwd" and provider in ("fasttx", "torch-default"):
-                    reference = _check(provider, call(*sets[0]), reference)
-                times[provider] = harness.time_ms(call, sets, args.device)
-            except torch.cuda.OutOfMemoryError:
-                note = "out of memory"
-            except RuntimeError as error:  # a backend that refuses these inputs
-                note = "refuses: " + str(error).splitlines()[0][:60]
-            if note is not None:
-                table.add(head_dim=head_dim, seqlen=seqlen, batch=batch, heads=heads, mask=mask,
-                          mode=mode, provider=provider, note=note)
-                if args.device == "cuda":
-                    torch.cuda.empty_cache()
-        torch_times = [t for p, t in times.items() if p.startswith("torch-") and p != "torch-math"]
-        best_torch = min(torch_times) if torch_times else None
-        for provider, ms in times.items():
-            table.add(head_dim=head_dim, seqlen=seqlen, batch=batch, heads=heads, mask=mask,
-                      mode=mode, provider=provider, ms=ms,
-                      tflops=flops(batch, heads, seqlen, head_dim, mask, mode) / ms / 1e9,
-                      vs_default=(times["torch-default"] / ms if "torch-default" in times
-                                  and provider == "fasttx" else None),
-                      vs_best_torch=best_torch / ms if best_torch and provider == "fasttx"
-                      else None)
+def to_flash_layout(input_set: harness.InputSet) -> harness.InputSet:
+    """inputs (q, k, v) in flash-attn's (B, L, H, D); grads (dout (B, Lq, H, D),)."""
+    q, k, v, _ = input_set.inputs
+    (grad_out,) = input_set.grads
+    return harness.InputSet(inputs=tuple(_to_flash_layout(t) for t in (q, k, v)),
+                            grads=(grad_out.transpose(1, 2).contiguous(),))
 
 
-def _check(provider, out, reference):
-    """fasttx's forward must match torch's default before either is timed."""
-    if reference is None:
-        return out
-    error = (out.float() - reference.float()).abs().max().item()
-    if not error < 0.05 * max(1.0, reference.float().abs().max().item()):
-        raise AssertionError(f"{provider} differs from the first provider by {error:.3g}")
-    return reference
+def unpad_keys(input_set: harness.InputSet) -> harness.InputSet:
+    """The varlen layout: inputs (q (B*Lq, H, D), k and v (total_k, H, D) holding the valid
+    keys only, cu_seqlens_q and cu_seqlens_k (B+1,) int32, max_seqlen_q, max_seqlen_k);
+    grads (dout (B*Lq, H, D),). Query rows are never padded (the mask pads keys only)."""
+    q, k, v, mask = input_set.inputs
+    (grad_out,) = input_set.grads
+    batch, heads, seqlen_q, head_dim = q.shape
+    valid = mask[:, 0, 0, :]  # (B, Lk)
+    lengths = valid.sum(-1, dtype=torch.int32)
+    cu_seqlens_k = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens_q = torch.arange(batch + 1, dtype=torch.int32, device=q.device) * seqlen_q
+
+    def packed_keys(t):  # (B, H, Lk, D) -> (total_k, H, D), a leaf
+        return t.detach().transpose(1, 2)[valid].requires_grad_(t.requires_grad)
+
+    def packed_queries(t):  # (B, H, Lq, D) -> (B*Lq, H, D)
+        flat = t.detach().transpose(1, 2).contiguous().view(batch * seqlen_q, heads, head_dim)
+        return flat.requires_grad_(t.requires_grad)
+
+    return harness.InputSet(
+        inputs=(packed_queries(q), packed_keys(k), packed_keys(v), cu_seqlens_q, cu_seqlens_k,
+                seqlen_q, int(lengths.max())),
+        grads=(packed_queries(grad_out),))
 
 
-def plot(table, path):
-    import matplotlib.pyplot as plt
-    rows = [r for r in table.rows if r["tflops"] is not None]
-    panels = sorted({(r["mode"], r["mask"], r["head_dim"]) for r in rows})
-    columns = min(4, len(panels))
-    figure, axes = plt.subplots(math.ceil(len(panels) / columns), columns, squeeze=False,
-                                figsize=(4.2 * columns, 3.4 * math.ceil(len(panels) / columns)))
-    for axis, (mode, mask, head_dim) in zip(axes.flat, panels, strict=False):
-        for provider in PROVIDERS:
-            points = sorted((r["seqlen"], r["tflops"]) for r in rows if r["provider"] == provider
-                            and (r["mode"], r["mask"], r["head_dim"]) == (mode, mask, head_dim))
-            if points:
-                axis.plot(*zip(*points, strict=True), marker="o", label=provider)
-        axis.set(title=f"{mode}, {mask}, d={head_dim}", xscale="log", xlabel="sequence length",
-                 ylabel="TFLOP/s")
-    axes.flat[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+def _first(out):
+    """flash-attn-3 returns (out, lse) in some versions, out alone in others."""
+    return out[0] if isinstance(out, tuple | list) else out
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--head-dims", type=harness.int_list, default=[64, 128])
-    parser.add_argument("--seqlens", type=harness.int_list, default=[1024, 2048, 4096, 8192, 16384])
-    parser.add_argument("--masks", type=harness.choice_list(MASKS), default=list(MASKS))
-    parser.add_argument("--modes", type=harness.choice_list(MODES), default=list(MODES))
-    parser.add_argument("--providers", type=harness.choice_list(PROVIDERS), default=list(PROVIDERS))
-    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                        help="default bfloat16 on a GPU, float32 on CPU")
-    parser.add_argument("--batch-tokens", type=int, default=16384)
-    parser.add_argument("--width", type=int, default=2048, help="heads x head dim")
-    parser.add_argument("--input-sets", type=int, default=2)
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, for checking the script (CPU: the Triton interpreter)")
-    parser.add_argument("--out", type=harness.Path, default=None,
-                        help="results folder (default benchmarks/results/<gpu>/)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.head_dims, args.seqlens, args.batch_tokens, args.width = [16], [32], 64, 32
-        args.input_sets = 1
-    if args.device == "cpu":
-        args.providers = [p for p in args.providers if p in ("fasttx", "torch-default",
-                                                             "torch-math")]
-    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
-    return args
+def flash_attn_provider(module, shape: dict) -> harness.Provider:
+    """How a flash-attn module (``flash_attn`` or ``flash_attn_interface``: the same
+    function names) runs a case: ``flash_attn_func`` without a mask, else
+    ``flash_attn_varlen_func`` on the unpadded keys; outputs restored to (B, H, Lq, D)."""
+    causal = shape["causal"]
+    if causal and (shape["seqlen_q"] != shape["seqlen_k"] or shape["padding"]):
+        raise harness.Unavailable(
+            "flash-attn aligns its causal mask bottom-right when a sequence has fewer or more "
+            "keys than queries (padding, Lq != Lk); fasttx and torch align it top-left")
+    if shape["padding"] is None:
+        return harness.Provider(
+            call=lambda q, k, v: _first(module.flash_attn_func(q, k, v, causal=causal)),
+            adapt=to_flash_layout, restore=lambda out, _original: out.transpose(1, 2))
+
+    def call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        return _first(module.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                    max_seqlen_q, max_seqlen_k, causal=causal))
+
+    def restore(out, original):  # (B*Lq, H, D) -> (B, H, Lq, D)
+        batch, heads, seqlen_q, _ = original.inputs[0].shape
+        return out.view(batch, seqlen_q, heads, -1).transpose(1, 2)
+    return harness.Provider(call=call, adapt=unpad_keys, restore=restore)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    env = harness.start(args.device)
-    env.update(dtype=str(args.dtype).removeprefix("torch."), ceilings=harness.ceilings(args.device))
-    table = harness.Table(COLUMNS)
-    cases = [(d, n, m) for d in args.head_dims for n in args.seqlens for m in args.masks]
-    for head_dim, seqlen, mask in harness.progress(cases, len(cases), "attention"):
-        run_case(args, head_dim, seqlen, mask, table)
-    notes = ("TFLOP/s by the dense FLOP convention (fwd 4BHL^2D, fwd+bwd 3.5x, causal /2); "
-             "vs_default / vs_best_torch: torch's time / fasttx's time (best torch excludes "
-             "math).")
-    path = harness.write_results("attention", env, table, notes, args.out, plot)
-    print(table.markdown())
-    print(f"\nwritten: {path}", file=sys.stderr)
+def _flash_attn(name: str, shape: dict, device: str) -> harness.Provider:
+    module_name = FLASH_ATTN_MODULES[name]
+    if device != "cuda":
+        raise harness.Unavailable(f"{module_name} runs on CUDA GPUs only")
+    try:
+        module = importlib.import_module(module_name)
+    except (ImportError, OSError) as error:
+        raise harness.Unavailable(f"{module_name} is not importable ({error})") from None
+    return flash_attn_provider(module, shape)
 
 
-if __name__ == "__main__":
-    main()
+def provider(case: harness.Case, name: str, device: str) -> harness.Provider:
+    """How ``name`` runs ``case``: ``call(q, k, v, mask)`` on :func:`make_inputs`' sets
+    (or on the provider's own layout through ``adapt``)."""
+    shape, causal = case.shape, case.shape["causal"]
+    if name not in PROVIDERS:
+        raise LookupError(f"{name!r} is not an attention provider ({', '.join(PROVIDERS)})")
+    if name in MATERIALISING:
+        check_scores_fit(shape)
+    if name.startswith("fasttx-"):
+        return _fasttx(name.removeprefix("fasttx-"), causal)
+    if name in ("eager", "compiled"):
+        def eager(q, k, v, mask):
+            return eager_attention(q, k, v, mask, causal)
+        if name == "eager":
+            return harness.Provider(call=eager)
+        torch._dynamo.reset()  # each case compiles afresh: no recompile limit, no stale graphs
+        return harness.Provider(call=torch.compile(eager, fullgraph=True, dynamic=False))
+    if name in FLASH_ATTN_MODULES:
+        return _flash_attn(name, shape, device)
+    return _torch_sdpa(name, shape, device)

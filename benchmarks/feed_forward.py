@@ -1,258 +1,183 @@
-"""Feed-forward benchmark: fasttx's fused FFN against eager and compiled PyTorch, bare matmuls.
+"""Feed-forward: ``y = dropout(act(x @ w1.T + b1)) @ w2.T + b2``.
 
-    python -m benchmarks.feed_forward                        # base, big, odd; bf16, on the GPU
-    python -m benchmarks.feed_forward --shapes big,768x3072 --activations relu,gelu --modes fwd
-    python -m benchmarks.feed_forward --device cpu --smoke   # a seconds-long run of the script
+What is timed: one call of the FFN on x (tokens, d_model), w1 (d_ff, d_model), b1 (d_ff,),
+w2 (d_model, d_ff), b2 (d_model,) in nn.Linear layout, scaled as nn.Linear initialises
+them so every output is O(1). Modes are the harness's: fwd, bwd (the gradients of x, w1,
+b1, w2, b2 through a graph built untimed), fwd_bwd. Dropout acts on the hidden activation.
 
-The op is ``y = dropout(act(x @ w1.T + b1)) @ w2.T + b2`` with x (N, D), w1 (F, D),
-w2 (D, F) in nn.Linear layout (``fasttx.feed_forward``). For each shape, dtype, activation
-and mode (forward, forward+backward) it times:
+Providers:
 
-- ``fasttx-triton`` and ``fasttx-reference``: ``fasttx.feed_forward(..., backend=...)``;
+- ``fasttx-triton``, ``fasttx-cuda``, ``fasttx-reference``:
+  ``fasttx.feed_forward(..., activation=, dropout_p=, backend=)``;
 - ``eager``: ``F.linear`` -> activation -> ``F.dropout`` -> ``F.linear``;
-- ``compiled``: ``torch.compile(fullgraph=True, dynamic=False)`` of that eager function;
-- ``matmuls``: the floor, the bare matmuls alone (no bias, activation or dropout):
-  forward ``h = x @ w1.T``, ``y = h @ w2.T``; forward+backward those and the four
-  backward ones, ``dh = dy @ w2``, ``dw2 = dy.T @ h``, ``dx = dh @ w1``, ``dw1 = dh.T @ x``.
+- ``compiled``: ``torch.compile(eager, fullgraph=True, dynamic=False)``, compiled afresh
+  for each case;
+- ``matmuls``, the floor: the bare matmuls ``(x @ w1.T) @ w2.T`` (no bias, activation or
+  dropout); autograd gives its backward the four matmuls dh = dy @ w2, dw2 = dy.T @ h,
+  dx = dh @ w1, dw1 = dh.T @ x (b1 and b2 get no gradient). Not checked against the
+  oracle: it computes something else.
 
-Shapes ("DxF" or a name): the Transformer's base (512x2048) and big (1024x4096) and
-"odd" (1000x3000), neither a power of two nor a multiple of the usual 64/128 tiles, so
-every dimension has edge tiles; 25k tokens (N) per batch, as the Transformer trained with.
-A provider that can't run is recorded with the reason; with dropout 0 every provider's
-forward (but the matmuls') is checked against fasttx's reference before anything is timed.
+Every other provider's forward is checked against ``fasttx-reference`` (else ``eager``)
+when dropout is 0.
 
-TFLOP/s count the matmul FLOPs of the FFN (:func:`flops`): forward 2*N*D*F + 2*N*F*D_out,
-forward+backward 3x that (each matmul has two of the same size in the backward); the
-matmuls provider is rated by the same count. ``vs_matmuls``: the matmuls' time / this
-provider's (1 = as fast as the matmuls alone). fp32 matmuls follow torch's TF32 setting,
-recorded as ``float32_matmul_precision``.
+Sweeps (profile "full"; bf16 unless said):
+
+- ``transformer``: the Transformer's base (512 x 2048) and big (1024 x 4096) layers at
+  25,000 tokens (its batch): relu with dropout 0 and 0.1, gelu with dropout 0, and the
+  relu dropout-0 cases in fp16 too;
+- ``hidden-size``: d_model 512, 768, 1000 (neither a power of two nor a multiple of 64:
+  every dimension has edge tiles), 1024, 2048, 4096, 8192 with d_ff = 4 * d_model, 16,384
+  tokens, relu, dropout 0.
+
+All in fwd, bwd and fwd_bwd. "quick": base and big, relu, dropout 0, fwd and bwd.
+"smoke": fp32, 40 tokens, (d_model, d_ff) = (32, 64) and (24, 40), relu and gelu.
+
+FLOPs (-> TFLOP/s, :func:`flops`): the FFN's two matmuls, forward 2*N*D*F + 2*N*F*D;
+bwd 2x forward (each matmul has two of its size in the backward), fwd_bwd 3x. Bias,
+activation and dropout are not counted; the matmuls provider is rated by the same count.
 """
 
 from __future__ import annotations
-
-import argparse
-import re
-import sys
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks import harness
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-SHAPES = {"base": (512, 2048), "big": (1024, 4096), "odd": (1000, 3000)}
+OP = "feed_forward"
+PROVIDERS = ("fasttx-triton", "fasttx-cuda", "fasttx-reference", "eager", "compiled", "matmuls")
+CPU_PROVIDERS = ("fasttx-triton", "fasttx-reference", "eager", "matmuls")
+ORACLES = ("fasttx-reference", "eager")
+FLOORS = ("matmuls",)
+PLOTS = [
+    harness.Plot("hidden-size", x="d_model", metric="tflops", panels=("mode", "dtype"),
+                 sweeps=("hidden-size",), log_x=True),
+    harness.Plot("transformer", x="d_model", metric="tflops",
+                 panels=("mode", "dtype", "activation", "dropout"), sweeps=("transformer",),
+                 log_x=True),
+]
+
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu,
                "gelu_tanh": lambda a: F.gelu(a, approximate="tanh")}
-PROVIDERS = ("fasttx-triton", "fasttx-reference", "eager", "compiled", "matmuls")
-MODES = ("fwd", "fwd+bwd")
-COLUMNS = ["shape", "tokens", "dtype", "activation", "mode", "provider", "ms", "tflops",
-           "vs_matmuls", "vs_eager", "note"]
+TRANSFORMER_SHAPES = ((512, 2048), (1024, 4096))  # (d_model, d_ff): base, big
+TRANSFORMER_TOKENS = 25_000
+#: (dtype, activation, dropout) of the transformer sweep.
+TRANSFORMER_VARIANTS = (("bf16", "relu", 0.0), ("bf16", "relu", 0.1), ("bf16", "gelu", 0.0),
+                        ("fp16", "relu", 0.0))
+HIDDEN_SIZES = (512, 768, 1000, 1024, 2048, 4096, 8192)  # d_ff = 4 * d_model
+HIDDEN_SIZE_TOKENS = 16_384
+QUICK_MODES = ("fwd", "bwd")
+SMOKE_TOKENS = 40
+#: (mode, d_model, d_ff, activation) of the smoke profile's fp32 cases.
+SMOKE = (("fwd", 32, 64, "relu"), ("bwd", 24, 40, "gelu"), ("fwd_bwd", 32, 64, "gelu"))
 
 
-def flops(tokens: int, d_model: int, d_ff: int, d_out: int, mode: str) -> int:
-    """The matmul FLOPs of one call: forward 2*N*D*F + 2*N*F*D_out; forward+backward 3x."""
-    forward = 2 * tokens * d_model * d_ff + 2 * tokens * d_ff * d_out
-    return forward * (3 if mode == "fwd+bwd" else 1)
+def flops(tokens: int, d_model: int, d_ff: int, mode: str) -> int:
+    """The matmul FLOPs of one call: forward 2*N*D*F + 2*N*F*D; bwd 2x, fwd_bwd 3x that."""
+    forward = 2 * tokens * d_model * d_ff + 2 * tokens * d_ff * d_model
+    factors = {"fwd": 1, "bwd": 2, "fwd_bwd": 3}
+    if mode not in factors:
+        raise ValueError(f"mode must be one of {harness.MODES}, got {mode!r}")
+    return forward * factors[mode]
 
 
-def parse_shape(text: str) -> tuple[str, int, int]:
-    """A --shapes entry, a name in SHAPES or "DxF" -> (label, d_model, d_ff)."""
-    if text in SHAPES:
-        d_model, d_ff = SHAPES[text]
-        return f"{text} {d_model}x{d_ff}", d_model, d_ff
-    match = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a shape name ({', '.join(SHAPES)}) nor DxF, e.g. 768x3072")
-    return text, int(match[1]), int(match[2])
+# ---------------------------------------------------------------------------- cases
 
 
-class Case(NamedTuple):
-    """One input set: the op's inputs (all requiring grad) and the output gradient."""
-
-    x: torch.Tensor
-    w1: torch.Tensor
-    b1: torch.Tensor
-    w2: torch.Tensor
-    b2: torch.Tensor
-    grad_y: torch.Tensor
-
-    @property
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        return self.x, self.w1, self.b1, self.w2, self.b2
+def make_case(sweep: str, mode: str, dtype: str, tokens: int, d_model: int, d_ff: int, *,
+              activation: str = "relu", dropout: float = 0.0) -> harness.Case:
+    shape = dict(tokens=tokens, d_model=d_model, d_ff=d_ff, activation=activation,
+                 dropout=dropout)
+    return harness.Case(OP, sweep, mode, dtype, shape, flops=flops(tokens, d_model, d_ff, mode))
 
 
-def make_case(tokens, d_model, d_ff, dtype, device, seed) -> Case:
-    """Inputs scaled as nn.Linear's initialisation would, so that every output is O(1)."""
+def _transformer() -> list[harness.Case]:
+    return [make_case("transformer", mode, dtype, TRANSFORMER_TOKENS, d_model, d_ff,
+                      activation=activation, dropout=dropout)
+            for d_model, d_ff in TRANSFORMER_SHAPES
+            for dtype, activation, dropout in TRANSFORMER_VARIANTS for mode in harness.MODES]
+
+
+def _hidden_size() -> list[harness.Case]:
+    return [make_case("hidden-size", mode, "bf16", HIDDEN_SIZE_TOKENS, d_model, 4 * d_model)
+            for d_model in HIDDEN_SIZES for mode in harness.MODES]
+
+
+def _quick(case: harness.Case) -> bool:
+    """Whether a full case is in the quick profile."""
+    return (case.sweep == "transformer" and case.dtype == "bf16" and case.mode in QUICK_MODES
+            and case.shape["activation"] == "relu" and case.shape["dropout"] == 0)
+
+
+def cases(profile: str) -> list[harness.Case]:
+    """The cases of ``profile``: "full", "quick" (a subset of full) or "smoke"."""
+    full = _transformer() + _hidden_size()
+    if profile == "full":
+        return full
+    if profile == "quick":
+        return [case for case in full if _quick(case)]
+    if profile == "smoke":
+        return [make_case("smoke", mode, "fp32", SMOKE_TOKENS, d_model, d_ff,
+                          activation=activation)
+                for mode, d_model, d_ff, activation in SMOKE]
+    raise ValueError(f"profile must be one of {harness.PROFILES}, got {profile!r}")
+
+
+# ---------------------------------------------------------------------------- inputs, providers
+
+
+def make_inputs(case: harness.Case, device: str, seed: int) -> harness.InputSet:
+    """inputs: x (N, D), w1 (F, D), b1 (F,), w2 (D, F), b2 (D,), all differentiated, with
+    nn.Linear's scales; grads: dy (N, D)."""
+    tokens, d_model, d_ff = (case.shape[key] for key in ("tokens", "d_model", "d_ff"))
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
-    def draw(*shape, scale=1.0, grad=True):
-        values = torch.randn(*shape, generator=generator) * scale
-        return values.to(device, dtype).requires_grad_(grad)
+    def draw(*size, scale=1.0, grad=True):
+        values = torch.randn(*size, generator=generator) * scale
+        return values.to(device, case.torch_dtype).requires_grad_(grad)
 
-    return Case(draw(tokens, d_model), draw(d_ff, d_model, scale=d_model**-0.5),
-                draw(d_ff, scale=0.1), draw(d_model, d_ff, scale=d_ff**-0.5),
-                draw(d_model, scale=0.1), draw(tokens, d_model, grad=False))
+    inputs = (draw(tokens, d_model), draw(d_ff, d_model, scale=d_model**-0.5),
+              draw(d_ff, scale=0.1), draw(d_model, d_ff, scale=d_ff**-0.5),
+              draw(d_model, scale=0.1))
+    return harness.InputSet(inputs, (draw(tokens, d_model, grad=False),))
 
 
-def feed_forward_call(provider, *, activation, dropout_p):
-    """fn(x, w1, b1, w2, b2) -> y for one provider (not the matmuls: see matmuls_call)."""
-    if provider.startswith("fasttx-"):
-        import fasttx
-        backend = provider.removeprefix("fasttx-")
+def fasttx_call(backend: str, *, activation: str, dropout_p: float):
+    """fn(x, w1, b1, w2, b2) -> y (N, D) by ``fasttx.feed_forward``."""
+    def fused(x, w1, b1, w2, b2):
+        import fasttx  # here, not on import: fasttx imports triton.language, which on
+        # CPU must come after harness.start has switched the interpreter on
+        return fasttx.feed_forward(x, w1, b1, w2, b2, activation=activation,
+                                   dropout_p=dropout_p, backend=backend)
+    return fused
 
-        def fused(x, w1, b1, w2, b2):
-            return fasttx.feed_forward(x, w1, b1, w2, b2, activation=activation,
-                                       dropout_p=dropout_p, backend=backend)
-        return fused
+
+def eager_call(*, activation: str, dropout_p: float):
+    """fn(x, w1, b1, w2, b2) -> y (N, D) in plain PyTorch."""
     act = ACTIVATIONS[activation]
 
     def eager(x, w1, b1, w2, b2):
-        return F.linear(F.dropout(act(F.linear(x, w1, b1)), dropout_p), w2, b2)
-    if provider == "eager":
-        return eager
-    if provider == "compiled":
+        hidden = F.dropout(act(F.linear(x, w1, b1)), dropout_p)  # (N, F)
+        return F.linear(hidden, w2, b2)
+    return eager
+
+
+def matmuls(x, w1, _b1, w2, _b2):
+    """The floor: (x (N, D) @ w1.T) (N, F) @ w2.T -> (N, D), biases unused."""
+    return (x @ w1.T) @ w2.T
+
+
+def provider(case: harness.Case, name: str, device: str) -> harness.Provider:
+    """How ``name`` runs ``case`` (all take the op's inputs as they are)."""
+    options = dict(activation=case.shape["activation"], dropout_p=case.shape["dropout"])
+    if name.startswith("fasttx-"):
+        return harness.Provider(call=fasttx_call(name.removeprefix("fasttx-"), **options))
+    if name == "eager":
+        return harness.Provider(call=eager_call(**options))
+    if name == "compiled":
         torch._dynamo.reset()  # each case compiles afresh: no recompile limit, no stale graphs
-        return torch.compile(eager, fullgraph=True, dynamic=False)
-    raise ValueError(f"{provider!r} is not a feed-forward provider")
-
-
-def matmuls_call(mode):
-    """fn(case) -> the bare matmuls of ``mode``: fwd y; fwd+bwd (y, dx, dw1, dw2)."""
-    def matmuls(case):
-        x, w1, _, w2, _ = case.inputs
-        with torch.no_grad():  # written out: autograd would add nothing but overhead
-            hidden = x @ w1.T
-            y = hidden @ w2.T
-            if mode == "fwd":
-                return y
-            grad_hidden = case.grad_y @ w2
-            return y, grad_hidden @ w1, grad_hidden.T @ x, case.grad_y.T @ hidden
-    return matmuls
-
-
-def timed_call(call, mode):
-    """fn(case) -> fwd: y under no_grad; fwd+bwd: (y, gradients of x, w1, b1, w2, b2)."""
-    if mode == "fwd":
-        def forward(case):
-            with torch.no_grad():
-                return call(*case.inputs)
-        return forward
-    if mode == "fwd+bwd":
-        def forward_backward(case):
-            y = call(*case.inputs)
-            return y, torch.autograd.grad(y, case.inputs, case.grad_y)
-        return forward_backward
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def run_case(args, shape, dtype_name, activation, table):
-    label, d_model, d_ff = shape
-    sets = [make_case(args.tokens, d_model, d_ff, DTYPES[dtype_name], args.device, seed)
-            for seed in range(args.input_sets)]
-    options = dict(activation=activation, dropout_p=args.dropout)
-    expected = None
-    if args.dropout == 0.0:  # with dropout, the providers draw different masks
-        expected = timed_call(feed_forward_call("fasttx-reference", **options), "fwd")(sets[0])
-
-    times = {mode: {} for mode in args.modes}
-    notes = {}
-    for provider in args.providers:
-        calls = {mode: matmuls_call(mode) for mode in args.modes} if provider == "matmuls" \
-            else None
-        try:
-            if calls is None:
-                call = feed_forward_call(provider, **options)
-                calls = {mode: timed_call(call, mode) for mode in args.modes}
-                if expected is not None:
-                    with torch.no_grad():
-                        harness.check_matches(provider, call(*sets[0].inputs), expected)
-        except (harness.MismatchError, RuntimeError) as error:  # BackendUnavailable, OOM
-            note = harness.failure_note(error)
-            notes.update({(mode, provider): note for mode in args.modes})
-            continue
-        for mode in args.modes:
-            try:
-                times[mode][provider] = harness.time_ms(calls[mode], [(case,) for case in sets],
-                                                        args.device)
-            except RuntimeError as error:
-                notes[mode, provider] = harness.failure_note(error)
-
-    row = dict(shape=label, tokens=args.tokens, dtype=dtype_name, activation=activation)
-    for mode in args.modes:
-        matmuls_ms, eager_ms = times[mode].get("matmuls"), times[mode].get("eager")
-        for provider in args.providers:
-            ms = times[mode].get(provider)
-            if ms is None:
-                table.add(**row, mode=mode, provider=provider, note=notes[mode, provider])
-                continue
-            others = provider not in ("matmuls", "eager")
-            table.add(**row, mode=mode, provider=provider, ms=ms,
-                      tflops=flops(args.tokens, d_model, d_ff, d_model, mode) / ms / 1e9,
-                      vs_matmuls=matmuls_ms / ms if matmuls_ms and provider != "matmuls"
-                      else None,
-                      vs_eager=eager_ms / ms if eager_ms and others else None,
-                      note="floor: the matmuls alone" if provider == "matmuls" else None)
-
-
-def plot(table, path):
-    harness.plot_panels(table, path, panel_by=("mode", "dtype", "activation"), x="shape",
-                        y="tflops", series="provider", ylabel="TFLOP/s")
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    shapes = lambda text: [parse_shape(item) for item in text.split(",")]  # noqa: E731
-    parser.add_argument("--shapes", type=shapes, default=shapes("base,big,odd"),
-                        help=f"comma-separated names ({', '.join(SHAPES)}) or DxF")
-    parser.add_argument("--tokens", type=int, default=25000, help="N, tokens per batch")
-    parser.add_argument("--dtypes", type=harness.choice_list(DTYPES), default=None,
-                        help="comma-separated; default bf16 on a GPU, fp32 on CPU")
-    parser.add_argument("--activations", type=harness.choice_list(ACTIVATIONS),
-                        default=["relu"])
-    parser.add_argument("--modes", type=harness.choice_list(MODES), default=list(MODES))
-    parser.add_argument("--providers", type=harness.choice_list(PROVIDERS),
-                        default=list(PROVIDERS))
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout_p on the hidden")
-    parser.add_argument("--input-sets", type=int, default=2)
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, for checking the script (CPU: the Triton interpreter)")
-    parser.add_argument("--out", type=harness.Path, default=None,
-                        help="results folder (default benchmarks/results/<gpu>/)")
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.dropout < 1.0:
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
-    for name in ("tokens", "input_sets"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.smoke:
-        args.shapes, args.tokens, args.input_sets = shapes("32x64,24x40"), 40, 1
-    args.dtypes = args.dtypes or ["bf16" if args.device == "cuda" else "fp32"]
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    env = harness.start(args.device)
-    env.update(dtypes=",".join(args.dtypes), tokens=args.tokens, dropout=args.dropout,
-               float32_matmul_precision=torch.get_float32_matmul_precision(),
-               ceilings=harness.ceilings(args.device))
-    table = harness.Table(COLUMNS)
-    cases = [(shape, dtype, activation) for shape in args.shapes for dtype in args.dtypes
-             for activation in args.activations]
-    for shape, dtype, activation in harness.progress(cases, len(cases), "feed_forward"):
-        run_case(args, shape, dtype, activation, table)
-    notes = ("TFLOP/s from the FFN's matmul FLOPs: fwd 2*N*D*F + 2*N*F*D_out, fwd+bwd 3x; "
-             "the matmuls provider (the bare matmuls, no bias/activation/dropout) is rated by "
-             "the same count. vs_matmuls: the matmuls' time / this provider's; vs_eager: "
-             "eager's time / this provider's."
-             + (" Dropout > 0: outputs not checked (the masks differ)." if args.dropout else ""))
-    path = harness.write_results("feed_forward", env, table, notes, args.out, plot)
-    print(table.markdown())
-    print(f"\nwritten: {path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
+        return harness.Provider(call=torch.compile(eager_call(**options), fullgraph=True,
+                                                   dynamic=False))
+    if name == "matmuls":
+        return harness.Provider(call=matmuls)
+    raise LookupError(f"{name!r} is not one of {OP}'s providers {PROVIDERS}")

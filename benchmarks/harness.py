@@ -1,13 +1,23 @@
-"""The shared benchmark harness: timing, the run's environment, ceilings, result files.
+"""The shared benchmark harness: cases, providers, timing, memory, ceilings, result files.
 
-Timing follows the field's conventions: ``triton.testing.do_bench`` (the
-median of many runs after a warm-up) on a GPU, cycling through several input sets so the
-L2 cache does not flatter small problems. On CPU (``--device cpu``, a smoke test of the
-scripts under the Triton interpreter) a plain wall-clock median stands in.
+Every op module (``attention``, ``add_layer_norm``, ``feed_forward``, ``model``) describes
+*what* to time with the same four names, and this module does the rest the same way for
+all of them:
 
-Every result file records the date, the commit, the GPU and the library versions, and the
-ceilings measured in the same run (a large bf16 matmul, a large copy), so that a figure is
-never separated from what it was measured on.
+- ``OP``; ``PROVIDERS`` (display order; fasttx's are named ``fasttx-<backend>``);
+  ``CPU_PROVIDERS`` (those the CPU smoke profile runs); ``ORACLES`` (providers whose
+  forward output the others are checked against: the first that runs); ``FLOORS``
+  (providers that are a bound, not a peer, such as the bare matmuls); ``PLOTS`` (the
+  report's :class:`Plot` list);
+- ``cases(profile)``: the :class:`Case` list of a profile ("full", "quick", "smoke");
+- ``make_inputs(case, device, seed)``: one :class:`InputSet`;
+- ``provider(case, name, device)``: a :class:`Provider`, or raises :class:`Unavailable`.
+
+Timing follows the field: CUDA events around each call, the L2 cache flushed before each,
+input sets rotated, a warm-up, then the median with the 20th and 80th percentiles of as
+many calls as fit in ``rep_ms`` (``triton.testing.do_bench``'s method, written out here so
+that it works the same with every Triton and without one). On CPU (the smoke profile) a
+wall clock stands in and nothing it measures is a performance figure.
 """
 
 from __future__ import annotations
@@ -15,59 +25,476 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import itertools
 import json
-import math
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MODES = ("fwd", "bwd", "fwd_bwd")
+PROFILES = ("full", "quick", "smoke")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: The L2 cache is flushed before each timed call by writing this many bytes (H200: 50 MB L2).
+L2_FLUSH_BYTES = 256 * 2**20
 
 
-def start(device: str) -> dict:
-    """Checks that ``device`` can run the benchmark (exits with a message when there is no
-    GPU), makes the Triton kernels run under the interpreter on CPU (before fasttx's first
-    Triton launch), and returns :func:`environment`."""
+class Unavailable(Exception):
+    """A provider that can't run a case here: the message says why (shown in the results)."""
+
+
+class MismatchError(AssertionError):
+    """A provider's output is not what the oracle computes (see :func:`check_matches`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One problem to time.
+
+    Attributes:
+        op: the op module's ``OP``.
+        sweep: the sweep the case belongs to ("transformer-base", "long-sequence", ...).
+        mode: "fwd", "bwd" (the backward alone, through a graph built untimed) or "fwd_bwd".
+        dtype: "bf16", "fp16" or "fp32".
+        shape: the sizes and options that define the problem (JSON values).
+        flops: the work of one call by the conventions of the field (TFLOP/s), or None.
+        bytes: the bytes one call must move (GB/s), or None.
+        tokens: tokens one call processes (tokens/s), or None.
+    """
+
+    op: str
+    sweep: str
+    mode: str
+    dtype: str
+    shape: dict
+    flops: float | None = None
+    bytes: float | None = None
+    tokens: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def id(self) -> str:
+        """A readable unique name: op, sweep, mode, dtype and the shape's values."""
+        sizes = "-".join(f"{key}={_short(value)}" for key, value in self.shape.items())
+        return f"{self.op}-{self.sweep}-{self.mode}-{self.dtype}-{sizes}"
+
+
+def _short(value) -> str:
+    return {True: "T", False: "F", None: "none"}.get(value, str(value)) \
+        if isinstance(value, bool | None) else str(value)
+
+
+@dataclasses.dataclass
+class InputSet:
+    """One set of an op's inputs: ``inputs`` are the op's positional arguments (tensors
+    that require grad are differentiated in bwd / fwd_bwd), ``grads`` the gradients of its
+    outputs, in order."""
+
+    inputs: tuple
+    grads: tuple = ()
+
+    def differentiable(self) -> list[torch.Tensor]:
+        return [t for t in self.inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+@dataclasses.dataclass
+class Provider:
+    """How one provider runs a case.
+
+    Attributes:
+        call: ``call(*input_set.inputs)`` -> the output tensor or a tuple of them.
+        adapt: optional, run untimed on each input set first (a folded mask, unpadded
+            sequences, ...); returns the set the provider is called with.
+        restore: optional, maps the forward output back to the common layout (given the
+            original input set) for the check against the oracle.
+        timed: optional, replaces the generic modes: ``(prepare, timed)`` where
+            ``prepare(input_set)`` returns the arguments of the timed ``timed(*arguments)``
+            (a whole training step, a generation loop).
+    """
+
+    call: Callable | None = None
+    adapt: Callable[[InputSet], InputSet] | None = None
+    restore: Callable[[Any, InputSet], Any] | None = None
+    timed: tuple[Callable, Callable] | None = None
+
+
+def mode_function(call: Callable, mode: str) -> tuple[Callable, Callable]:
+    """``(prepare, timed)`` for one mode: ``timed(*prepare(input_set))`` is what is timed.
+
+    fwd: the call under ``no_grad``. fwd_bwd: the call, then ``torch.autograd.grad`` of
+    its outputs for the differentiable inputs. bwd: ``prepare`` runs the forward with
+    autograd (untimed); ``timed`` runs the same gradients through that graph (retained).
+    """
+    def outputs(out):
+        return out if isinstance(out, tuple | list) else (out,)
+
+    if mode == "fwd":
+        def forward(input_set):
+            with torch.no_grad():
+                return call(*input_set.inputs)
+        return (lambda input_set: (input_set,)), forward
+    if mode == "fwd_bwd":
+        def forward_backward(input_set):
+            out = outputs(call(*input_set.inputs))
+            return torch.autograd.grad(out, input_set.differentiable(),
+                                       input_set.grads[:len(out)], allow_unused=True)
+        return (lambda input_set: (input_set,)), forward_backward
+    if mode == "bwd":
+        def prepare(input_set):
+            out = outputs(call(*input_set.inputs))
+            return out, input_set.grads[:len(out)], input_set.differentiable()
+
+        def backward(out, grads, inputs):
+            return torch.autograd.grad(out, inputs, grads, retain_graph=True, allow_unused=True)
+        return prepare, backward
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    """One figure of the report: ``metric`` ("tflops", "gbps", "tokens_per_s") against the
+    shape value ``x``, a line per provider, a panel per distinct value of ``panels`` (row
+    fields such as "mode" and "dtype", or shape keys), over the cases of ``sweeps``."""
+
+    name: str
+    x: str
+    metric: str
+    panels: tuple[str, ...]
+    sweeps: tuple[str, ...]
+    log_x: bool = False
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class Timing:
+    """Milliseconds per call: median, 20th and 80th percentiles over ``calls`` calls."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    calls: int
+
+
+def quantile(samples: Sequence[float], q: float) -> float:
+    """The q-quantile of ``samples`` with linear interpolation (numpy's default)."""
+    ordered = sorted(samples)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class Timer:
+    """Times ``fn(*arguments)`` cycling through ``argument_sets``.
+
+    ``setup()`` flushes the L2 cache and returns the next arguments (untimed); calling the
+    timer runs ``fn`` between two CUDA events (a wall clock on CPU) and keeps the pair.
+    :meth:`run` is the loop; pytest-benchmark drives the same two steps with
+    ``benchmark.pedantic(timer, setup=timer.setup, ...)``, so both measure the same way
+    (``synchronize=True`` then waits for each call, so that its wall clock sees the GPU
+    work too; the CUDA events are the same either way).
+    """
+
+    def __init__(self, fn: Callable, argument_sets: Sequence[tuple], device: str, *,
+                 synchronize: bool = False):
+        if not argument_sets:
+            raise ValueError("argument_sets must hold at least one set of arguments")
+        self.fn, self.argument_sets, self.device = fn, list(argument_sets), device
+        self.synchronize = synchronize and device == "cuda"
+        self._next = 0
+        self._pairs: list = []
+        self._flush = (torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+                       if device == "cuda" else None)
+
+    def setup(self) -> tuple[tuple, dict]:
+        if self._flush is not None:
+            self._flush.zero_()
+        arguments = self.argument_sets[self._next % len(self.argument_sets)]
+        self._next += 1
+        return arguments, {}
+
+    def __call__(self, *arguments):
+        if self.device == "cuda":
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            self.fn(*arguments)
+            end.record()
+            if self.synchronize:
+                end.synchronize()
+        else:
+            start = time.perf_counter()
+            self.fn(*arguments)
+            end = time.perf_counter()
+        self._pairs.append((start, end))
+
+    def samples_ms(self) -> list[float]:
+        """Milliseconds of each call since the last :meth:`timing` or warm-up."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return [start.elapsed_time(end) for start, end in self._pairs]
+        return [(end - start) * 1e3 for start, end in self._pairs]
+
+    def warm_up(self, calls: int) -> None:
+        """Runs ``calls`` untimed calls (compilation, autotuning, allocator, clocks)."""
+        for _ in range(calls):
+            self(*self.setup()[0])
+        self.samples_ms()  # waits for them
+        self._pairs.clear()
+
+    def plan(self, warmup_ms: float, rep_ms: float, max_calls: int = 1000) -> tuple[int, int]:
+        """(warm-up calls, timed calls) to fill ``warmup_ms`` and ``rep_ms``, from an
+        estimate over 5 calls after a first one (do_bench's method). On CPU: 1 and 3."""
+        if self.device != "cuda":
+            return 1, 3
+        self.warm_up(1)
+        for _ in range(5):
+            self(*self.setup()[0])
+        estimate = max(sum(self.samples_ms()) / 5, 1e-3)
+        self._pairs.clear()
+        return (max(1, min(max_calls, int(warmup_ms / estimate))),
+                max(5, min(max_calls, int(rep_ms / estimate))))
+
+    def run(self, warmup: int, calls: int) -> Timing:
+        self.warm_up(warmup)
+        for _ in range(calls):
+            self(*self.setup()[0])
+        return self.timing()
+
+    def timing(self) -> Timing:
+        """The statistics of the calls since the warm-up (then forgets them)."""
+        samples = self.samples_ms()
+        if not samples:
+            raise ValueError("no call was timed")
+        self._pairs.clear()
+        return Timing(quantile(samples, 0.5), quantile(samples, 0.2), quantile(samples, 0.8),
+                      len(samples))
+
+
+def time_ms(fn: Callable, argument_sets: Sequence[tuple], device: str, *,
+            warmup_ms: float = 25, rep_ms: float = 100) -> Timing:
+    """Times ``fn`` over rotating ``argument_sets`` (see :class:`Timer`)."""
+    timer = Timer(fn, argument_sets, device)
+    return timer.run(*timer.plan(warmup_ms, rep_ms))
+
+
+def peak_memory_mb(fn: Callable, arguments: tuple, device: str) -> float | None:
+    """MiB the call allocates at its peak beyond what was allocated before it (its
+    workspace and outputs; the inputs are not counted). None on CPU."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn(*arguments)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def ceilings(device: str) -> dict:
+    """The GPU's peaks, measured in this run: an 8192^3 bf16 matmul (TFLOP/s) and a 2 GiB
+    device-to-device copy (GB/s, the bytes read and written). Empty on CPU."""
+    if device != "cuda":
+        return {}
+    factors = [tuple(torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+                     for _ in range(2))]
+    matmul = time_ms(torch.matmul, factors, device, rep_ms=300)
+    nbytes = 2**31
+    buffers = [tuple(torch.empty(nbytes, dtype=torch.uint8, device="cuda") for _ in range(2))]
+    copy = time_ms(lambda source, target: target.copy_(source), buffers, device, rep_ms=300)
+    del factors, buffers
+    torch.cuda.empty_cache()
+    return {"bf16_matmul_tflops": round(2 * 8192**3 / matmul.median_ms / 1e9, 1),
+            "copy_gbps": round(2 * nbytes / copy.median_ms / 1e6, 1)}
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def check_matches(name: str, actual, expected) -> None:
+    """Raises MismatchError when a provider's output (a tensor or a tuple of them) is
+    farther from ``expected`` than 5% (16-bit dtypes) or 1% (wider) of max(1, |expected|):
+    a check of gross errors before anything is timed, not of accuracy (the tests do that)."""
+    actual = actual if isinstance(actual, tuple | list) else (actual,)
+    expected = expected if isinstance(expected, tuple | list) else (expected,)
+    if len(actual) != len(expected):
+        raise MismatchError(f"{name} returns {len(actual)} outputs, expected {len(expected)}")
+    for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        if got.shape != want.shape:
+            raise MismatchError(f"{name} output {index}: shape {tuple(got.shape)} != "
+                                f"{tuple(want.shape)}")
+        tolerance = 0.05 if got.element_size() <= 2 else 0.01
+        scale = max(1.0, want.detach().float().abs().max().item())
+        error = (got.detach().float() - want.detach().float()).abs().max().item()
+        if not error <= tolerance * scale:
+            raise MismatchError(f"{name} output {index} differs from the oracle by "
+                                f"{error:.3g} (allowed {tolerance * scale:.3g})")
+
+
+def failure_note(error: BaseException) -> str:
+    """The note of a provider that did not run or was wrong: "wrong output: ...",
+    "out of memory", or "skipped: <reason>"."""
+    if isinstance(error, MismatchError):
+        print(f"\nwarning: {error}; not timed", file=sys.stderr)
+        return f"wrong output: {error}"
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return "out of memory"
+    reason = (str(error).strip().splitlines() or [""])[0]
+    if not isinstance(error, Unavailable) and type(error).__name__ != "BackendUnavailableError":
+        reason = f"{type(error).__name__}: {reason}"
+    return "skipped: " + (reason if len(reason) <= 160 else reason[:157] + "...")
+
+
+#: What a provider may raise instead of running: refused inputs, missing backends, a wrong
+#: output, out of memory, a torch.compile failure. Anything else is a bug of the suite.
+RUN_ERRORS = (Unavailable, MismatchError, RuntimeError, NotImplementedError, ValueError)
+
+
+class Prepared:
+    """A case's input sets and its oracle output, shared by all providers of the case."""
+
+    def __init__(self, module, case: Case, device: str, input_sets: int = 2):
+        self.module, self.case, self.device = module, case, device
+        self.sets = [module.make_inputs(case, device, seed) for seed in range(input_sets)]
+        self.oracle, self.expected = None, None
+        if case.shape.get("dropout", 0) == 0:  # with dropout, providers draw different masks
+            for name in module.ORACLES:
+                try:
+                    self.expected = self.forward(module.provider(case, name, device))
+                    self.oracle = name
+                    break
+                except RUN_ERRORS:
+                    _free(device)
+
+    def forward(self, provider: Provider):
+        """The provider's forward output on the first input set, in the common layout."""
+        adapted = provider.adapt(self.sets[0]) if provider.adapt else self.sets[0]
+        with torch.no_grad():
+            out = provider.call(*adapted.inputs)
+        return provider.restore(out, self.sets[0]) if provider.restore else out
+
+
+def result_row(case: Case, provider: str, timing: Timing | None = None,
+               peak_mem_mb: float | None = None, ceiling: dict | None = None,
+               note: str | None = None) -> dict:
+    """One entry of a results file: the case, the provider, its times and rates."""
+    row = {"op": case.op, "sweep": case.sweep, "mode": case.mode, "provider": provider,
+           "dtype": case.dtype, "shape": dict(case.shape), "median_ms": None, "p20_ms": None,
+           "p80_ms": None}
+    if timing is not None:
+        row.update(median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms)
+        ceiling = ceiling or {}
+        if case.flops is not None:
+            row["tflops"] = case.flops / timing.median_ms / 1e9
+            peak = ceiling.get("bf16_matmul_tflops")
+            row["fraction_of_peak"] = row["tflops"] / peak if peak else None
+        if case.bytes is not None:
+            row["gbps"] = case.bytes / timing.median_ms / 1e6
+            peak = ceiling.get("copy_gbps")
+            row["fraction_of_peak"] = row["gbps"] / peak if peak else None
+        if case.tokens is not None:
+            row["tokens_per_s"] = case.tokens / timing.median_ms * 1e3
+    row["peak_mem_mb"] = peak_mem_mb
+    row["note"] = note
+    return row
+
+
+def run_provider(prepared: Prepared, name: str, ceiling: dict | None = None, *,
+                 drive: Callable[[Timer, int, int], Timing] | None = None,
+                 warmup_ms: float = 25, rep_ms: float = 100) -> dict:
+    """Checks and times one provider on a prepared case; returns its :func:`result_row`.
+
+    A provider that can't run, or whose forward output is not the oracle's, gets a row
+    with a note and no times (floors compute something else and are not checked).
+    ``drive(timer, warmup, calls)`` replaces ``timer.run`` (pytest-benchmark's loop).
+    """
+    case, device = prepared.case, prepared.device
+    try:
+        provider = prepared.module.provider(case, name, device)
+        sets = [provider.adapt(s) for s in prepared.sets] if provider.adapt else prepared.sets
+        checked = name != prepared.oracle and name not in prepared.module.FLOORS
+        if prepared.expected is not None and checked and provider.call is not None:
+            check_matches(name, prepared.forward(provider), prepared.expected)
+        prepare, timed = provider.timed or mode_function(provider.call, case.mode)
+        argument_sets = [prepare(s) for s in sets]
+        timer = Timer(timed, argument_sets, device)
+        warmup, calls = timer.plan(warmup_ms, rep_ms)
+        timing = drive(timer, warmup, calls) if drive else timer.run(warmup, calls)
+        memory = peak_memory_mb(timed, argument_sets[0], device)
+        return result_row(case, name, timing, memory, ceiling)
+    except RUN_ERRORS as error:
+        return result_row(case, name, note=failure_note(error))
+    finally:
+        _free(device)
+
+
+def _free(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def start(device: str) -> None:
+    """Checks that ``device`` can run the suite, and on CPU makes the Triton kernels run
+    under the interpreter (before fasttx's first Triton launch)."""
     if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA GPU: run with --device cpu --smoke to check the script")
+        sys.exit("no CUDA GPU: run with --device cpu (the smoke profile) to check the suite")
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    return environment(device)
 
 
-def environment(device: str) -> dict:
+def environment(device: str, profile: str) -> dict:
     """The date, commit, machine and library versions of this run."""
+    import fasttx
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "profile": profile,
+        "device": device,
+        "gpu": None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "device": device,
+        "triton": _version("triton"),
+        "flash_attn": _version("flash_attn"),
+        "fasttx": fasttx.__version__,
+        "fasttx_backends": {name: bool(ok) for name, ok in
+                            fasttx.available_backends().items()},
     }
-    try:
-        import triton
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
     if device == "cuda":
         properties = torch.cuda.get_device_properties(0)
         info.update(gpu=properties.name, capability=f"{properties.major}.{properties.minor}",
                     gpu_memory_gib=round(properties.total_memory / 2**30, 1),
-                    cudnn=torch.backends.cudnn.version())
-    else:
-        info["gpu"] = None
+                    cudnn=torch.backends.cudnn.version(),
+                    float32_matmul_precision=torch.get_float32_matmul_precision())
     return info
+
+
+def _version(package: str) -> str | None:
+    try:
+        return __import__(package).__version__
+    except ImportError:
+        return None
 
 
 def _git(*args: str) -> str | None:
@@ -78,51 +505,41 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def time_ms(fn: Callable, input_sets: Sequence[tuple], device: str, *, warmup_ms: int = 25,
-            rep_ms: int = 100) -> float:
-    """Median milliseconds of ``fn(*inputs)``, cycling through ``input_sets``."""
-    cycle = itertools.cycle(input_sets)
-
-    def call():
-        return fn(*next(cycle))
-
-    if device == "cuda":
-        import triton.testing
-        return float(triton.testing.do_bench(call, warmup=warmup_ms, rep=rep_ms,
-                                             return_mode="median"))
-    call()  # warm-up (compiles, allocates)
-    samples = []
-    for _ in range(3):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def copy_ms(nbytes: int, device: str, *, copies: int = 1) -> float:
-    """Median milliseconds of a same-device copy of ``nbytes`` bytes (a memcpy: it reads and
-    writes them, so ``2 * nbytes`` move), cycling through ``copies`` source/target pairs
-    as :func:`time_ms` cycles through input sets."""
-    pairs = [(torch.empty(nbytes, dtype=torch.uint8, device=device),
-              torch.empty(nbytes, dtype=torch.uint8, device=device)) for _ in range(copies)]
-    return time_ms(lambda source, target: target.copy_(source), pairs, device)
+def results_dir(env: dict) -> Path:
+    """``benchmarks/results/<gpu>/``, or ``benchmarks/results/cpu/`` (not committed)."""
+    return RESULTS_DIR / slug(env.get("gpu") or "cpu")
 
 
-def gb_per_s(nbytes: float, ms: float) -> float:
-    """Bytes moved in ``ms`` milliseconds, as GB/s (10^9 bytes per second)."""
-    return nbytes / ms / 1e6
+def suite_name(op: str, profile: str) -> str:
+    """The results file's stem: the op for the full profile, ``<op>-<profile>`` else."""
+    return op if profile == "full" else f"{op}-{profile}"
 
 
-def ceilings(device: str) -> dict:
-    """Peaks measured in this run: an 8192^3 bf16 matmul (TFLOP/s), a 2 GiB copy (TB/s)."""
-    if device != "cuda":
-        return {}
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    matmul_ms = time_ms(torch.matmul, [(a, b)], device)
-    copy_bytes = 2**31  # 2 GiB, read and written
-    copy_tb_per_s = gb_per_s(2 * copy_bytes, copy_ms(copy_bytes, device)) / 1e3
-    return {"bf16_matmul_tflops": round(2 * 8192**3 / matmul_ms / 1e9, 1),
-            "copy_tb_per_s": round(copy_tb_per_s, 2)}
+def write_results(path: Path, env: dict, ceiling: dict, rows: list[dict]) -> Path:
+    """Writes ``{"env": {...}, "results": [...]}`` to ``path`` (the ceilings in env)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"env": {**env, "ceilings": ceiling}, "results": rows},
+                               indent=1) + "\n")
+    return path
+
+
+def load_results(path: Path) -> dict:
+    """Reads a results file, with a clear error when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable results file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("env"), dict) \
+            or not isinstance(data.get("results"), list):
+        raise ValueError(f"{path}: a results file holds {{'env': {{...}}, 'results': [...]}}")
+    return data
+
+
+# ---------------------------------------------------------------------------- CLI helpers
 
 
 def progress(items: Iterable, total: int, label: str):
@@ -136,59 +553,6 @@ def progress(items: Iterable, total: int, label: str):
     print(f"\r{label} [{'#' * width}] {total}/{total}", file=sys.stderr, flush=True)
 
 
-class MismatchError(AssertionError):
-    """A provider's output is not what the reference computes (see :func:`check_matches`)."""
-
-
-def check_matches(name: str, actual, expected) -> None:
-    """Raises MismatchError when a provider's output (a tensor or a tuple of them) is
-    farther from ``expected`` than 5% (16-bit dtypes) or 1% (wider) of max(1, |expected|):
-    a check of gross errors before anything is timed, not of accuracy."""
-    actual = actual if isinstance(actual, tuple | list) else (actual,)
-    expected = expected if isinstance(expected, tuple | list) else (expected,)
-    if len(actual) != len(expected):
-        raise MismatchError(f"{name} returns {len(actual)} outputs, expected {len(expected)}")
-    for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        if got.shape != want.shape:
-            raise MismatchError(f"{name} output {index}: shape {tuple(got.shape)} != "
-                                f"{tuple(want.shape)}")
-        tolerance = 0.05 if got.element_size() <= 2 else 0.01
-        scale = max(1.0, want.detach().float().abs().max().item())
-        error = (got.detach().float() - want.detach().float()).abs().max().item()
-        if not error <= tolerance * scale:
-            raise MismatchError(f"{name} output {index} differs from the reference by "
-                                f"{error:.3g} (allowed {tolerance * scale:.3g})")
-
-
-def failure_note(error: Exception) -> str:
-    """The table note for a provider that could not run or was wrong: "out of memory",
-    "wrong output: ..." (a :class:`MismatchError`, also printed to stderr: nothing is
-    timed), or "skipped: " and the reason (a backend fasttx can't run here, a failed
-    torch.compile, ...)."""
-    if isinstance(error, MismatchError):
-        print(f"\nwarning: {error}; not timed", file=sys.stderr)
-        return f"wrong output: {error}"
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
-        return "out of memory"
-    reason = (str(error).strip().splitlines() or [""])[0]
-    if type(error).__name__ != "BackendUnavailableError":
-        reason = f"{type(error).__name__}: {reason}"
-    return "skipped: " + (reason if len(reason) <= 160 else reason[:157] + "...")
-
-
-def int_list(text: str) -> list[int]:
-    """An argparse type: comma-separated positive integers ("512,1024")."""
-    try:
-        values = [int(item) for item in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers") from None
-    if any(value <= 0 for value in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be positive")
-    return values
-
-
 def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
     """An argparse type: a comma-separated list of names out of ``choices``."""
     choices = tuple(choices)
@@ -200,85 +564,3 @@ def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
                     f"{item!r} is not one of {', '.join(choices)}")
         return text.split(",")
     return parse
-
-
-@dataclasses.dataclass
-class Table:
-    """Rows of results with fixed columns, written as JSON + Markdown (+ a PNG plot)."""
-
-    columns: list[str]
-    rows: list[dict] = dataclasses.field(default_factory=list)
-
-    def add(self, **row) -> None:
-        self.rows.append({column: row.get(column) for column in self.columns})
-
-    def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join("---" for _ in self.columns) + "|"]
-        for row in self.rows:
-            lines.append("| " + " | ".join(_cell(row[c]) for c in self.columns) + " |")
-        return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def plot_panels(table: Table, path: Path, *, panel_by: Sequence[str], x: str, y: str,
-                series: str, ylabel: str) -> None:
-    """Plots ``y`` against ``x`` (evenly spaced, labelled by value, in the run's order), one
-    line per ``series`` value, one panel per distinct value of the ``panel_by`` columns."""
-    import matplotlib.pyplot as plt
-    rows = [row for row in table.rows if row[y] is not None]
-    panels = list(dict.fromkeys(tuple(row[c] for c in panel_by) for row in rows))
-    if not panels:
-        return
-    positions = {value: i for i, value in enumerate(dict.fromkeys(row[x] for row in rows))}
-    columns = min(4, len(panels))
-    lines = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(lines, columns, squeeze=False,
-                                figsize=(4.2 * columns, 3.4 * lines))
-    for axis, panel in zip(axes.flat, panels, strict=False):
-        for name in dict.fromkeys(row[series] for row in rows):
-            points = [(positions[row[x]], row[y]) for row in rows if row[series] == name
-                      and tuple(row[c] for c in panel_by) == panel]
-            if points:
-                axis.plot(*zip(*points, strict=True), marker="o", label=name)
-        axis.set(title=", ".join(str(value) for value in panel), xlabel=x, ylabel=ylabel)
-        axis.set_xticks(range(len(positions)), [str(value) for value in positions], fontsize=7)
-    for axis in axes.flat[len(panels):]:
-        axis.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def write_results(name: str, env: dict, table: Table, notes: str, out_dir: Path | None = None,
-                  plot: Callable[[Table, Path], None] | None = None) -> Path:
-    """Writes ``<name>-<date>.json`` and ``.md`` (and ``.png`` with ``plot`` and matplotlib)
-    under ``benchmarks/results/<gpu>/`` (or ``out_dir``); returns the Markdown path."""
-    folder = out_dir or RESULTS_DIR / slug(env.get("gpu") or "cpu")
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{name}-{env['date'][:10]}"
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"environment": env, "notes": notes, "columns": table.columns, "rows": table.rows},
-        indent=1) + "\n")
-    header = "\n".join(f"- {key}: {value}" for key, value in env.items())
-    stem.with_suffix(".md").write_text(f"# {name}\n\n{header}\n\n{notes}\n\n{table.markdown()}\n")
-    if plot is not None:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            plot(table, stem.with_suffix(".png"))
-        except ImportError:
-            print("matplotlib is not installed: no plot", file=sys.stderr)
-    return stem.with_suffix(".md")
