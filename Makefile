@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test check-cuda lint clean
+.PHONY: setup demo test check-cuda bench report lint clean
 
 # --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
 # torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
@@ -31,6 +31,15 @@ test: setup
 # torch lacks (cuBLAS, cuSPARSE, cuSOLVER) from PyPI once, into build/cuda-headers.
 check-cuda: setup
 	$(PYTHON) tools/check_cuda.py
+
+# The benchmark suite on this machine's GPU (the full profile; `make bench BENCH_ARGS=--quick`).
+# `make report` renders every results folder (tables, plots) and the README's performance section.
+BENCH_ARGS ?=
+bench: setup
+	$(PYTHON) -m benchmarks $(BENCH_ARGS)
+
+report:
+	$(PYTHON) -m benchmarks report --readme README.md
 
 lint:
 	$(PYTHON) -m ruff check fasttx tests benchmarks tools

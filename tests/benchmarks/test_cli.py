@@ -1,0 +1,76 @@
+"""The suite's command line, `python -m benchmarks`, on CPU (the smoke profile)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import __main__ as cli
+from benchmarks import feed_forward
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cpu", "--quick"], "the quick profile needs a GPU"),
+    (["--device", "cpu", "--profile", "full"], "the full profile needs a GPU"),
+    (["--device", "cpu", "--op", "layer_norm"], "'layer_norm' is not one of attention"),
+    (["--device", "cpu", "--providers", "eager,apex"], "'apex' is not one of fasttx-triton"),
+    (["--device", "cpu", "--modes", "fwd+bwd"], "'fwd+bwd' is not one of fwd, bwd, fwd_bwd"),
+    (["--device", "cpu", "--input-sets", "0"], "--input-sets must be positive"),
+])
+def test_bad_arguments_are_refused_with_a_reason(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_cpu_runs_the_smoke_profile_and_writes_one_results_file_per_op(tmp_path, capsys):
+    cli.main(["--device", "cpu", "--op", "feed_forward", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "feed_forward-smoke.json").read_text())
+    assert data["env"]["gpu"] is None and data["env"]["profile"] == "smoke"
+    assert data["env"]["commit"] and data["env"]["torch"] and data["env"]["ceilings"] == {}
+    cases = feed_forward.cases("smoke")
+    assert len(data["results"]) == len(cases) * len(feed_forward.CPU_PROVIDERS)
+    for row in data["results"]:
+        assert row["median_ms"] > 0 and row["tflops"] > 0 and row["note"] is None, row
+        assert {"op", "mode", "provider", "dtype", "shape", "p20_ms", "p80_ms",
+                "peak_mem_mb"} <= set(row)
+    out = capsys.readouterr()
+    assert "CPU smoke run" in out.out and "| fasttx-triton |" in out.out
+    assert f"written: {tmp_path / 'feed_forward-smoke.json'}" in out.err
+
+
+def test_filters_narrow_the_cases_and_providers(tmp_path):
+    cli.main(["--device", "cpu", "--op", "feed_forward", "--modes", "fwd,bwd",
+              "--providers", "eager,matmuls", "-k", "d_model=32", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "feed_forward-smoke.json").read_text())["results"]
+    expected = [case for case in feed_forward.cases("smoke")
+                if case.mode in ("fwd", "bwd") and "d_model=32" in case.id]
+    assert expected and len(rows) == 2 * len(expected)
+    assert {row["provider"] for row in rows} == {"eager", "matmuls"}
+
+
+def test_list_prints_the_cases_without_running_them(tmp_path, capsys):
+    cli.main(["--device", "cpu", "--op", "feed_forward", "--list", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert all(case.id in out for case in feed_forward.cases("smoke"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_report_is_a_subcommand(tmp_path, capsys):
+    cli.main(["--device", "cpu", "--op", "feed_forward", "--modes", "fwd", "--out",
+              str(tmp_path)])
+    cli.main(["report", str(tmp_path)])
+    text = (tmp_path / "README.md").read_text()
+    assert "CPU smoke run" in text and "### feed_forward: " in text
+
+
+def test_the_module_runs_as_a_program():
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--device", "cpu", "--list",
+                           "--op", "attention"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("attention: ")
