@@ -9,7 +9,11 @@
 
 Each op's results go to ``benchmarks/results/<gpu>/<op>.json`` (``<op>-quick.json`` for the
 quick profile; ``--out`` picks another folder), rewritten after every case so that an
-interrupted run keeps what it measured.
+interrupted run keeps what it measured. A run of the same GPU, profile and commit adds to
+the file (re-measured results replace their earlier rows), so a long run can be split by
+``--op``, ``--sweeps``, ``--providers`` or ``-k``. If a provider breaks the GPU (an
+illegal address, a device-side assert), the run stops with exit status 3 and keeps every
+result so far: run the rest in a new process.
 """
 
 from __future__ import annotations
@@ -85,25 +89,40 @@ def selected_cases(module, args) -> list[harness.Case]:
 
 def selected_providers(module, args) -> list[str]:
     """The op's providers for this device, narrowed by --providers."""
-    names = module.PROVIDERS if args.device == "cuda" else module.CPU_PROVIDERS
-    return [name for name in names if args.providers is None or name in args.providers]
+    return [name for name in harness.providers_for(module, args.device)
+            if args.providers is None or name in args.providers]
 
 
 def run_op(module, cases, providers, args, env, ceiling) -> Path:
-    """Runs every provider on every case; rewrites the op's results file after each case."""
+    """Runs every provider on every case; rewrites the op's results file after each
+    provider (adding to an earlier file of the same GPU, profile and commit)."""
     out = args.out or harness.results_dir(env)
     path = out / f"{harness.suite_name(module.OP, args.profile)}.json"
-    rows: list[dict] = []
+    kept, rows = harness.kept_rows(path, env), []
+
+    def save():
+        harness.write_results(path, env, ceiling, harness.merge_rows(kept, rows))
+
     for case in harness.progress(cases, len(cases), module.OP):
         try:
             prepared = harness.Prepared(module, case, args.device, args.input_sets)
+        except harness.DeviceError:
+            save()
+            raise
         except harness.RUN_ERRORS as error:  # the inputs themselves don't fit, say
-            note = harness.failure_note(error)
+            note = harness.failure_note(error, args.device)
             rows.extend(harness.result_row(case, name, note=note) for name in providers)
-        else:
-            rows.extend(harness.run_provider(prepared, name, ceiling) for name in providers)
-            del prepared
-        harness.write_results(path, env, ceiling, rows)
+            save()
+            continue
+        for name in providers:
+            try:
+                rows.append(harness.run_provider(prepared, name, ceiling))
+            except harness.DeviceError as error:
+                rows.append(harness.result_row(case, name, note=f"broke the GPU: {error}"))
+                save()
+                raise
+            save()
+        del prepared
     return path
 
 
@@ -131,7 +150,12 @@ def main(argv=None) -> None:
         if not cases:
             print(f"{module.OP}: no case selected", file=sys.stderr)
             continue
-        path = run_op(module, cases, selected_providers(module, args), args, env, ceiling)
+        try:
+            path = run_op(module, cases, selected_providers(module, args), args, env, ceiling)
+        except harness.DeviceError as error:
+            print(f"\nerror: {error}\nThe results so far are kept; run what is left in a new "
+                  f"process.", file=sys.stderr)
+            sys.exit(3)
         print(report.op_markdown(harness.load_results(path)))
         print(f"written: {path}", file=sys.stderr)
     return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -297,14 +298,18 @@ def time_ms(fn: Callable, argument_sets: Sequence[tuple], device: str, *,
 
 def peak_memory_mb(fn: Callable, arguments: tuple, device: str) -> float | None:
     """MiB the call allocates at its peak beyond what was allocated before it (its
-    workspace and outputs; the inputs are not counted). None on CPU."""
+    workspace and outputs; the inputs are not counted). None on CPU, or when the extra
+    call does not fit (its timing stands all the same)."""
     if device != "cuda":
         return None
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    fn(*arguments)
-    torch.cuda.synchronize()
+    try:
+        fn(*arguments)
+        torch.cuda.synchronize()
+    except torch.cuda.OutOfMemoryError:
+        return None
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
@@ -328,29 +333,44 @@ def ceilings(device: str) -> dict:
 # ---------------------------------------------------------------------------- running
 
 
-def check_matches(name: str, actual, expected) -> None:
-    """Raises MismatchError when a provider's output (a tensor or a tuple of them) is
-    farther from ``expected`` than 5% (16-bit dtypes) or 1% (wider) of max(1, |expected|):
-    a check of gross errors before anything is timed, not of accuracy (the tests do that)."""
+def check_matches(name: str, actual, expected, what: str = "output") -> None:
+    """Raises MismatchError when a provider's output (a tensor or a tuple of them; None for
+    an input without a gradient) is farther from ``expected`` than 5% (16-bit dtypes) or
+    1% (wider) of max(1, |expected|): a check of gross errors before anything is timed,
+    not of accuracy (the tests do that)."""
     actual = actual if isinstance(actual, tuple | list) else (actual,)
     expected = expected if isinstance(expected, tuple | list) else (expected,)
     if len(actual) != len(expected):
-        raise MismatchError(f"{name} returns {len(actual)} outputs, expected {len(expected)}")
+        raise MismatchError(f"{name} returns {len(actual)} {what}s, expected {len(expected)}")
     for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        if got is None or want is None:
+            if (got is None) != (want is None):
+                raise MismatchError(f"{name} {what} {index}: {got is None and 'none' or 'one'}"
+                                    f" where the oracle has {want is None and 'none' or 'one'}")
+            continue
         if got.shape != want.shape:
-            raise MismatchError(f"{name} output {index}: shape {tuple(got.shape)} != "
+            raise MismatchError(f"{name} {what} {index}: shape {tuple(got.shape)} != "
                                 f"{tuple(want.shape)}")
         tolerance = 0.05 if got.element_size() <= 2 else 0.01
         scale = max(1.0, want.detach().float().abs().max().item())
         error = (got.detach().float() - want.detach().float()).abs().max().item()
         if not error <= tolerance * scale:
-            raise MismatchError(f"{name} output {index} differs from the oracle by "
+            raise MismatchError(f"{name} {what} {index} differs from the oracle by "
                                 f"{error:.3g} (allowed {tolerance * scale:.3g})")
 
 
-def failure_note(error: BaseException) -> str:
+class DeviceError(RuntimeError):
+    """The GPU's context broke (an illegal address, a device-side assert): nothing more can
+    run in this process, and the results so far are kept."""
+
+
+def failure_note(error: BaseException, device: str = "cpu") -> str:
     """The note of a provider that did not run or was wrong: "wrong output: ...",
-    "out of memory", or "skipped: <reason>"."""
+    "out of memory", or "skipped: <reason>". Raises :class:`DeviceError` instead when
+    the error has left the GPU unusable (checked, not guessed from the message)."""
+    if device == "cuda" and not _device_usable():
+        raise DeviceError(f"the GPU is unusable after {type(error).__name__}: "
+                          f"{str(error).strip()[:300]}") from error
     if isinstance(error, MismatchError):
         print(f"\nwarning: {error}; not timed", file=sys.stderr)
         return f"wrong output: {error}"
@@ -362,25 +382,44 @@ def failure_note(error: BaseException) -> str:
     return "skipped: " + (reason if len(reason) <= 160 else reason[:157] + "...")
 
 
-#: What a provider may raise instead of running: refused inputs, missing backends, a wrong
-#: output, out of memory, a torch.compile failure. Anything else is a bug of the suite.
-RUN_ERRORS = (Unavailable, MismatchError, RuntimeError, NotImplementedError, ValueError)
+def _device_usable() -> bool:
+    """Whether the GPU still runs work (a broken context fails every later call)."""
+    try:
+        torch.cuda.synchronize()
+        return torch.ones(1, device="cuda").add_(1).item() == 2
+    except Exception:  # noqa: BLE001 - any failure here means a broken context
+        return False
+    finally:
+        _free("cuda")
+
+
+#: What a provider may raise instead of running becomes its row's note: refused inputs,
+#: missing backends and packages, a wrong output, out of memory, a failed compile (Triton's
+#: and torch.compile's errors are not all RuntimeErrors), a peer's own assertion. A broken
+#: GPU is the exception (:func:`failure_note` raises DeviceError) and so is Ctrl-C.
+RUN_ERRORS = (Exception,)
 
 
 class Prepared:
-    """A case's input sets and its oracle output, shared by all providers of the case."""
+    """A case's input sets and its oracle's results (forward output, and the gradients
+    for bwd / fwd_bwd), shared by all providers of the case."""
 
     def __init__(self, module, case: Case, device: str, input_sets: int = 2):
         self.module, self.case, self.device = module, case, device
         self.sets = [module.make_inputs(case, device, seed) for seed in range(input_sets)]
-        self.oracle, self.expected = None, None
+        self.oracle, self.expected, self.expected_grads = None, None, None
         if case.shape.get("dropout", 0) == 0:  # with dropout, providers draw different masks
             for name in module.ORACLES:
                 try:
-                    self.expected = self.forward(module.provider(case, name, device))
+                    provider = module.provider(case, name, device)
+                    self.expected = self.forward(provider)
+                    self.expected_grads = self.gradients(provider)
                     self.oracle = name
                     break
-                except RUN_ERRORS:
+                except RUN_ERRORS as error:
+                    failure_note(error, device)  # raises only for a broken GPU
+                    self.expected = self.expected_grads = None
+                finally:
                     _free(device)
 
     def forward(self, provider: Provider):
@@ -390,6 +429,16 @@ class Prepared:
             out = provider.call(*adapted.inputs)
         return provider.restore(out, self.sets[0]) if provider.restore else out
 
+    def gradients(self, provider: Provider) -> tuple | None:
+        """The gradients of the differentiable inputs on the first input set, for a bwd or
+        fwd_bwd case; None for fwd, and for providers whose inputs are laid out their own
+        way (``restore``) or whose step is their own (``timed``)."""
+        if self.case.mode == "fwd" or provider.restore or provider.timed or not provider.call:
+            return None
+        adapted = provider.adapt(self.sets[0]) if provider.adapt else self.sets[0]
+        prepare, forward_backward = mode_function(provider.call, "fwd_bwd")
+        return forward_backward(*prepare(adapted))
+
 
 def result_row(case: Case, provider: str, timing: Timing | None = None,
                peak_mem_mb: float | None = None, ceiling: dict | None = None,
@@ -398,19 +447,21 @@ def result_row(case: Case, provider: str, timing: Timing | None = None,
     row = {"op": case.op, "sweep": case.sweep, "mode": case.mode, "provider": provider,
            "dtype": case.dtype, "shape": dict(case.shape), "median_ms": None, "p20_ms": None,
            "p80_ms": None}
+    # The rates the case counts (None when untimed); fraction_of_peak is TFLOP/s over the
+    # run's bf16 matmul (whatever the dtype) or GB/s over its copy.
+    rates = [("tflops", case.flops, 1e-9, "bf16_matmul_tflops"),
+             ("gbps", case.bytes, 1e-6, "copy_gbps"), ("tokens_per_s", case.tokens, 1e3, None)]
+    ceiling = ceiling or {}
+    for key, amount, scale, peak in rates:
+        if amount is None:
+            continue
+        rate = amount / timing.median_ms * scale if timing is not None else None
+        row[key] = rate
+        if peak is not None:
+            row["fraction_of_peak"] = rate / ceiling[peak] \
+                if rate is not None and ceiling.get(peak) else None
     if timing is not None:
         row.update(median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms)
-        ceiling = ceiling or {}
-        if case.flops is not None:
-            row["tflops"] = case.flops / timing.median_ms / 1e9
-            peak = ceiling.get("bf16_matmul_tflops")
-            row["fraction_of_peak"] = row["tflops"] / peak if peak else None
-        if case.bytes is not None:
-            row["gbps"] = case.bytes / timing.median_ms / 1e6
-            peak = ceiling.get("copy_gbps")
-            row["fraction_of_peak"] = row["gbps"] / peak if peak else None
-        if case.tokens is not None:
-            row["tokens_per_s"] = case.tokens / timing.median_ms * 1e3
     row["peak_mem_mb"] = peak_mem_mb
     row["note"] = note
     return row
@@ -421,9 +472,10 @@ def run_provider(prepared: Prepared, name: str, ceiling: dict | None = None, *,
                  warmup_ms: float = 25, rep_ms: float = 100) -> dict:
     """Checks and times one provider on a prepared case; returns its :func:`result_row`.
 
-    A provider that can't run, or whose forward output is not the oracle's, gets a row
-    with a note and no times (floors compute something else and are not checked).
-    ``drive(timer, warmup, calls)`` replaces ``timer.run`` (pytest-benchmark's loop).
+    A provider that can't run, or whose forward output or gradients are not the oracle's,
+    gets a row with a note and no times (floors compute something else and are not
+    checked). ``drive(timer, warmup, calls)`` replaces ``timer.run`` (pytest-benchmark's
+    loop). Raises :class:`DeviceError` when the provider broke the GPU.
     """
     case, device = prepared.case, prepared.device
     try:
@@ -432,6 +484,9 @@ def run_provider(prepared: Prepared, name: str, ceiling: dict | None = None, *,
         checked = name != prepared.oracle and name not in prepared.module.FLOORS
         if prepared.expected is not None and checked and provider.call is not None:
             check_matches(name, prepared.forward(provider), prepared.expected)
+            grads = prepared.gradients(provider)
+            if grads is not None and prepared.expected_grads is not None:
+                check_matches(name, grads, prepared.expected_grads, "gradient")
         prepare, timed = provider.timed or mode_function(provider.call, case.mode)
         argument_sets = [prepare(s) for s in sets]
         timer = Timer(timed, argument_sets, device)
@@ -440,7 +495,7 @@ def run_provider(prepared: Prepared, name: str, ceiling: dict | None = None, *,
         memory = peak_memory_mb(timed, argument_sets[0], device)
         return result_row(case, name, timing, memory, ceiling)
     except RUN_ERRORS as error:
-        return result_row(case, name, note=failure_note(error))
+        return result_row(case, name, note=failure_note(error, device))
     finally:
         _free(device)
 
@@ -455,11 +510,22 @@ def _free(device: str) -> None:
 
 def start(device: str) -> None:
     """Checks that ``device`` can run the suite, and on CPU makes the Triton kernels run
-    under the interpreter (before fasttx's first Triton launch)."""
+    under the interpreter (before fasttx's first Triton launch; unless the variable is
+    already set: a GPU machine's test session keeps it off for its GPU tests)."""
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU: run with --device cpu (the smoke profile) to check the suite")
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def providers_for(module, device: str) -> tuple[str, ...]:
+    """The op's providers that can run on ``device`` here: all of them on a GPU; on CPU
+    its CPU_PROVIDERS, fasttx-triton only under the Triton interpreter."""
+    if device == "cuda":
+        return module.PROVIDERS
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return tuple(name for name in module.CPU_PROVIDERS
+                 if name != "fasttx-triton" or interpreted)
 
 
 def environment(device: str, profile: str) -> dict:
@@ -468,7 +534,7 @@ def environment(device: str, profile: str) -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": _dirty(),
         "profile": profile,
         "device": device,
         "gpu": None,
@@ -476,7 +542,8 @@ def environment(device: str, profile: str) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": _version("triton"),
-        "flash_attn": _version("flash_attn"),
+        "flash_attn": _version("flash_attn", "flash-attn"),
+        "flash_attn_3": _version("flash_attn_3", "flash-attn-3"),
         "fasttx": fasttx.__version__,
         "fasttx_backends": {name: bool(ok) for name, ok in
                             fasttx.available_backends().items()},
@@ -490,11 +557,21 @@ def environment(device: str, profile: str) -> dict:
     return info
 
 
-def _version(package: str) -> str | None:
-    try:
-        return __import__(package).__version__
-    except ImportError:
-        return None
+def _version(*distributions: str) -> str | None:
+    """The installed version of the first of ``distributions`` found (read from its
+    metadata, not imported: a broken build must not stop the run), or None."""
+    for name in distributions:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _dirty() -> bool | None:
+    """Whether tracked files differ from the commit; None where git can't tell."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def _git(*args: str) -> str | None:
@@ -520,11 +597,38 @@ def suite_name(op: str, profile: str) -> str:
 
 
 def write_results(path: Path, env: dict, ceiling: dict, rows: list[dict]) -> Path:
-    """Writes ``{"env": {...}, "results": [...]}`` to ``path`` (the ceilings in env)."""
+    """Writes ``{"env": {...}, "results": [...]}`` to ``path`` (the ceilings in env),
+    atomically: a run killed while writing leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"env": {**env, "ceilings": ceiling}, "results": rows},
-                               indent=1) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"env": {**env, "ceilings": ceiling}, "results": rows},
+                                  indent=1) + "\n")
+    os.replace(partial, path)
     return path
+
+
+def row_key(row: dict) -> tuple:
+    """What identifies a result: its case and provider."""
+    return (row["sweep"], row["mode"], row["dtype"], json.dumps(row["shape"], sort_keys=True),
+            row["provider"])
+
+
+def kept_rows(path: Path, env: dict) -> list[dict]:
+    """The rows of an earlier results file at ``path`` that a new run adds to: those of the
+    same GPU, profile and commit (a run split by op, sweep or provider builds one file);
+    none when the file is absent, unreadable or from another GPU, profile or commit."""
+    try:
+        previous = load_results(path)
+    except ValueError:
+        return []
+    same = all(previous["env"].get(key) == env.get(key) for key in ("gpu", "profile", "commit"))
+    return previous["results"] if same and env.get("commit") else []
+
+
+def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """``kept`` without the results ``new`` measures again, then ``new``."""
+    remeasured = {row_key(row) for row in new}
+    return [row for row in kept if row_key(row) not in remeasured] + new
 
 
 def load_results(path: Path) -> dict:
@@ -543,8 +647,15 @@ def load_results(path: Path) -> dict:
 
 
 def progress(items: Iterable, total: int, label: str):
-    """Yields ``items`` while printing a one-line progress bar to stderr."""
+    """Yields ``items`` while printing a one-line progress bar to stderr (a line per item
+    where stderr is not a terminal, so that a log's tail shows how far a run got)."""
     width = 30
+    if not sys.stderr.isatty():
+        for done, item in enumerate(items):
+            print(f"{label} {done + 1}/{total}: {getattr(item, 'id', item)}", file=sys.stderr,
+                  flush=True)
+            yield item
+        return
     for done, item in enumerate(items):
         filled = width * done // max(total, 1)
         print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="",

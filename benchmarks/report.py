@@ -55,9 +55,10 @@ def floors_of(op: str) -> tuple[str, ...]:
 
 
 def best_peer(providers: dict[str, dict], floors: Iterable[str]) -> dict | None:
-    """The fastest timed provider that is neither fasttx's nor a floor."""
+    """The fastest timed provider that is neither a fasttx kernel backend nor a floor
+    (fasttx's reference, plain PyTorch, is a peer)."""
     peers = [row for name, row in providers.items() if row["median_ms"] is not None
-             and not name.startswith("fasttx-") and name not in floors]
+             and name not in FASTTX_BACKENDS and name not in floors]
     return min(peers, key=lambda row: row["median_ms"], default=None)
 
 
@@ -162,7 +163,8 @@ def environment_lines(env: dict) -> str:
              + (f" (sm {env['capability']}, {env['gpu_memory_gib']} GiB)"
                 if env.get("capability") else ""),
              f"- torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, "
-             f"cuDNN {env.get('cudnn')}, flash-attn {env.get('flash_attn')}, "
+             f"cuDNN {env.get('cudnn')}, flash-attn {env.get('flash_attn')} / "
+             f"{env.get('flash_attn_3')}, "
              f"fasttx {env.get('fasttx')}; profile {env.get('profile')}"]
     if ceiling:
         lines.append(f"- ceilings measured in the run: {ceiling['bf16_matmul_tflops']} "
@@ -322,8 +324,11 @@ def readme_section(folder: Path | None, readme: Path) -> str:
                                  f"{geometric_mean(found):.2f}× ({min(found):.2f}–"
                                  f"{max(found):.2f}×) | {len(found)} |")
         parts.append("\n".join(lines))
+        op = rows[0]["op"]
+        images = [folder / f"{path.stem}-{spec.name}.png"
+                  for spec in (load(op).PLOTS if op in OPS else [])]
         parts.extend(f"![{path.stem} {image.stem}]({link.as_posix()}/{image.name})"
-                     for image in sorted(folder.glob(f"{path.stem}-*.png")))
+                     for image in images if image.exists())
     return "\n\n".join(parts)
 
 

@@ -17,10 +17,12 @@ def test_benchmark(benchmark, bench_item, bench_session):
 
     try:
         prepared = bench_session.prepared(module, case)
+    except harness.DeviceError:
+        raise
     except harness.RUN_ERRORS as error:
-        pytest.skip(harness.failure_note(error))
+        pytest.skip(harness.failure_note(error, bench_session.device))
     row = harness.run_provider(prepared, provider, bench_session.ceiling, drive=drive)
-    bench_session.rows.append(row)
+    bench_session.add(row)
     benchmark.extra_info.update(row)
     note = row["note"]
     if note and note.startswith("wrong output"):

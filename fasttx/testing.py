@@ -211,3 +211,8 @@ if pytest is not None:
     requires_triton = pytest.mark.skipif(
         not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
         reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+    #: Marks a test that runs the Triton backend on CPU tensors: under TRITON_INTERPRET=1
+    #: only (which a GPU machine's test session leaves off for its GPU tests).
+    requires_triton_interpreter = pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") != "1",
+        reason="runs Triton kernels on CPU tensors: needs TRITON_INTERPRET=1")

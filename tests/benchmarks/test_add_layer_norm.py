@@ -8,6 +8,7 @@ import torch
 import fasttx
 from benchmarks import add_layer_norm as bench
 from benchmarks import harness
+from fasttx.testing import requires_triton_interpreter
 
 BF16, FP32 = torch.bfloat16, torch.float32
 HIDDEN_SIZES = [512, 768, 1024, 2048, 4096, 8192, 16384, 65536]
@@ -152,7 +153,8 @@ def _run(provider, input_set, mode):
 
 
 @pytest.mark.parametrize("name, dtype, residual_dtype, returned", [
-    ("fasttx-triton", "fp32", "fp32", False), ("fasttx-triton", "fp32", "fp32", True),
+    pytest.param("fasttx-triton", "fp32", "fp32", False, marks=requires_triton_interpreter),
+    pytest.param("fasttx-triton", "fp32", "fp32", True, marks=requires_triton_interpreter),
     ("eager", "fp32", "fp32", False), ("eager", "fp32", "fp32", True),
     ("eager", "bf16", "fp32", True)])
 def test_cpu_providers_match_the_oracle_in_every_mode(name, dtype, residual_dtype, returned):
@@ -227,7 +229,7 @@ def test_inputs_follow_the_case():
 def test_smoke_cases_run_on_every_cpu_provider(case):
     prepared = harness.Prepared(bench, case, "cpu")
     assert prepared.oracle == (None if case.shape["dropout"] else "fasttx-reference")
-    for name in bench.CPU_PROVIDERS:
+    for name in harness.providers_for(bench, "cpu"):
         row = harness.run_provider(prepared, name)
         assert row["note"] is None, row
         assert row["median_ms"] > 0 and row["gbps"] > 0 and row["mode"] == case.mode

@@ -9,7 +9,7 @@ import torch
 
 from benchmarks import attention as bench
 from benchmarks import harness
-from fasttx.testing import requires_triton
+from fasttx.testing import requires_triton_interpreter
 
 SMOKE = bench.cases("smoke")
 FP32_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
@@ -173,9 +173,9 @@ def _run(case, name, mode, input_set):
     return timed(*prepare(adapted))
 
 
-@requires_triton
 @pytest.mark.parametrize("case", SMOKE, ids=_case_id)
-@pytest.mark.parametrize("name", ["eager", "torch-math", "torch-default", "fasttx-triton"])
+@pytest.mark.parametrize("name", ["eager", "torch-math", "torch-default", pytest.param(
+    "fasttx-triton", marks=requires_triton_interpreter)])
 def test_cpu_providers_match_the_reference(case, name):
     input_set = bench.make_inputs(case, "cpu", seed=1)
     for mode in harness.MODES:
@@ -264,12 +264,11 @@ def test_flash_attn_refuses_bottom_right_causal_cases(seqlen_k, padding):
         bench.flash_attn_provider(_stand_in_flash_attn(), shape)
 
 
-@requires_triton
 @pytest.mark.parametrize("case", SMOKE, ids=_case_id)
 def test_smoke_cases_run_end_to_end(case):
     prepared = harness.Prepared(bench, case, "cpu")
     assert prepared.oracle == "fasttx-reference"
-    for name in bench.CPU_PROVIDERS:
+    for name in harness.providers_for(bench, "cpu"):
         row = harness.run_provider(prepared, name)
         assert row["note"] is None, row
         assert row["median_ms"] > 0 and row["tflops"] > 0 and row["mode"] == case.mode, row

@@ -1,6 +1,7 @@
 """The suite's command line, `python -m benchmarks`, on CPU (the smoke profile)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as cli
-from benchmarks import feed_forward
+from benchmarks import feed_forward, harness
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def interpreter_setting_kept(monkeypatch):
+    """The CLI turns the Triton interpreter on for a CPU run unless the variable is set: a
+    GPU machine's test session (which leaves it off for its GPU tests) must get it back."""
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -33,13 +41,14 @@ def test_cpu_runs_the_smoke_profile_and_writes_one_results_file_per_op(tmp_path,
     assert data["env"]["gpu"] is None and data["env"]["profile"] == "smoke"
     assert data["env"]["commit"] and data["env"]["torch"] and data["env"]["ceilings"] == {}
     cases = feed_forward.cases("smoke")
-    assert len(data["results"]) == len(cases) * len(feed_forward.CPU_PROVIDERS)
+    providers = harness.providers_for(feed_forward, "cpu")
+    assert len(data["results"]) == len(cases) * len(providers)
     for row in data["results"]:
         assert row["median_ms"] > 0 and row["tflops"] > 0 and row["note"] is None, row
         assert {"op", "mode", "provider", "dtype", "shape", "p20_ms", "p80_ms",
                 "peak_mem_mb"} <= set(row)
     out = capsys.readouterr()
-    assert "CPU smoke run" in out.out and "| fasttx-triton |" in out.out
+    assert "CPU smoke run" in out.out and "| best peer |" in out.out and "eager: " in out.out
     assert f"written: {tmp_path / 'feed_forward-smoke.json'}" in out.err
 
 
@@ -51,6 +60,14 @@ def test_filters_narrow_the_cases_and_providers(tmp_path):
                 if case.mode in ("fwd", "bwd") and "d_model=32" in case.id]
     assert expected and len(rows) == 2 * len(expected)
     assert {row["provider"] for row in rows} == {"eager", "matmuls"}
+
+
+def test_runs_of_the_same_commit_add_to_one_results_file(tmp_path):
+    for size in ("d_model=32", "d_model=24"):
+        cli.main(["--device", "cpu", "--op", "feed_forward", "--providers", "eager", "-k",
+                  size, "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "feed_forward-smoke.json").read_text())["results"]
+    assert len(rows) == len(feed_forward.cases("smoke"))  # both runs' cases, once each
 
 
 def test_list_prints_the_cases_without_running_them(tmp_path, capsys):

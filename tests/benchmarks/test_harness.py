@@ -80,11 +80,11 @@ def test_result_rows_convert_times_to_rates_and_fractions_of_the_ceilings():
     timing = harness.Timing(median_ms=2.0, p20_ms=1.9, p80_ms=2.2, calls=10)
     compute = harness.Case("op", "s", "fwd", "bf16", {"n": 1}, flops=4e12, tokens=1000)
     row = harness.result_row(compute, "p", timing, 12.5, {"bf16_matmul_tflops": 800.0})
-    assert row["tflops"] == pytest.approx(2000.0) and row["fraction_of_peak"] == 2.5
+    assert row["tflops"] == pytest.approx(2000.0) and row["fraction_of_peak"] == pytest.approx(2.5)
     assert row["tokens_per_s"] == pytest.approx(5e5) and row["peak_mem_mb"] == 12.5
     memory = harness.Case("op", "s", "bwd", "fp32", {"n": 1}, bytes=6e9)
     row = harness.result_row(memory, "p", timing, None, {"copy_gbps": 4000.0})
-    assert row["gbps"] == pytest.approx(3000.0) and row["fraction_of_peak"] == 0.75
+    assert row["gbps"] == pytest.approx(3000.0) and row["fraction_of_peak"] == pytest.approx(0.75)
     assert "tflops" not in row
     untimed = harness.result_row(memory, "p", note="skipped: no GPU")
     assert untimed["median_ms"] is None and untimed["note"] == "skipped: no GPU"
@@ -187,7 +187,7 @@ def test_every_op_reports_a_wrong_provider_and_does_not_time_it(op, monkeypatch)
     case = next(case for case in module.cases("smoke") if not case.shape.get("dropout"))
     prepared = harness.Prepared(module, case, "cpu")
     assert prepared.oracle == module.ORACLES[0]
-    name = next(name for name in module.CPU_PROVIDERS
+    name = next(name for name in harness.providers_for(module, "cpu")
                 if name not in (prepared.oracle, *module.FLOORS))
     original, calls = module.provider, []
 
@@ -206,3 +206,58 @@ def test_every_op_reports_a_wrong_provider_and_does_not_time_it(op, monkeypatch)
     row = harness.run_provider(prepared, name)
     assert row["note"].startswith(f"wrong output: {name} output 0 differs"), row
     assert row["median_ms"] is None and len(calls) == 1  # the check ran; nothing was timed
+
+
+def test_gradients_are_checked_in_backward_modes():
+    # forward 2x, as the oracle; gradient 1 instead of 2
+    wrong_backward = lambda x: 2 * x.detach() + (x - x.detach())  # noqa: E731
+    module = _fake_module({"good": lambda x: 2 * x, "wrong": wrong_backward})
+    for mode in ("bwd", "fwd_bwd"):
+        prepared = harness.Prepared(module, _fake_case(mode), "cpu")
+        assert prepared.expected_grads is not None
+        row = harness.run_provider(prepared, "wrong")
+        assert row["note"].startswith("wrong output: wrong gradient 0 differs"), row
+    forward_only = harness.Prepared(module, _fake_case("fwd"), "cpu")
+    assert forward_only.expected_grads is None
+    assert harness.run_provider(forward_only, "wrong")["median_ms"] > 0
+
+
+def test_a_gpu_left_unusable_stops_the_run_instead_of_skipping(monkeypatch):
+    monkeypatch.setattr(harness, "_device_usable", lambda: False)
+    with pytest.raises(harness.DeviceError, match="unusable after RuntimeError: illegal"):
+        harness.failure_note(RuntimeError("illegal memory access"), "cuda")
+    assert harness.failure_note(RuntimeError("refused"), "cpu") == \
+        "skipped: RuntimeError: refused"  # never asked on CPU
+
+
+def test_untimed_rows_have_the_same_keys_as_timed_ones():
+    case = harness.Case("op", "s", "fwd", "bf16", {"n": 1}, flops=1.0, tokens=2)
+    timed = harness.result_row(case, "p", harness.Timing(1.0, 1.0, 1.0, 5))
+    untimed = harness.result_row(case, "p", note="skipped: why")
+    assert set(timed) == set(untimed)
+    assert untimed["tflops"] is None and untimed["tokens_per_s"] is None
+
+
+def test_a_split_run_adds_to_the_results_of_the_same_commit(tmp_path):
+    env = {"gpu": "G", "profile": "full", "commit": "abc"}
+    path = tmp_path / "op.json"
+    first = [harness.result_row(_fake_case(), name, note="x") for name in ("a", "b")]
+    harness.write_results(path, env, {}, first)
+    assert not list(tmp_path.glob("*.partial"))  # written through a temporary file
+    kept = harness.kept_rows(path, env)
+    again = [harness.result_row(_fake_case(), "b", note="y")]
+    merged = harness.merge_rows(kept, again)
+    assert [(row["provider"], row["note"]) for row in merged] == [("a", "x"), ("b", "y")]
+    for other in ({**env, "commit": "def"}, {**env, "gpu": "H"}, {**env, "profile": "quick"}):
+        assert harness.kept_rows(path, other) == []
+    assert harness.kept_rows(tmp_path / "absent.json", env) == []
+
+
+def test_cpu_runs_triton_only_under_the_interpreter(monkeypatch):
+    module = types.SimpleNamespace(PROVIDERS=("fasttx-triton", "eager", "torch-flash"),
+                                   CPU_PROVIDERS=("fasttx-triton", "eager"))
+    assert harness.providers_for(module, "cuda") == module.PROVIDERS
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert harness.providers_for(module, "cpu") == ("fasttx-triton", "eager")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert harness.providers_for(module, "cpu") == ("eager",)

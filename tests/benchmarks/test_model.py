@@ -134,7 +134,7 @@ def _fresh_inputs(case):
     return bench.make_inputs(case, "cpu", seed=0)
 
 
-@pytest.mark.parametrize("name", bench.CPU_PROVIDERS)
+@pytest.mark.parametrize("name", harness.providers_for(bench, "cpu"))
 def test_a_training_step_updates_the_model_and_gives_a_finite_loss(name):
     provider = bench.provider(SMOKE_TRAIN, name, "cpu")
     input_set = _fresh_inputs(SMOKE_TRAIN)
@@ -152,7 +152,7 @@ def test_a_training_step_updates_the_model_and_gives_a_finite_loss(name):
 def test_generation_decodes_the_same_tokens_with_every_cpu_provider():
     input_set = _fresh_inputs(SMOKE_GENERATE)
     tokens = {}
-    for name in bench.CPU_PROVIDERS:
+    for name in harness.providers_for(bench, "cpu"):
         prepare, generate = bench.provider(SMOKE_GENERATE, name, "cpu").timed
         tokens[name] = generate(*prepare(input_set))
     expected = tokens["fasttx-reference"]
@@ -185,7 +185,7 @@ def test_providers_that_cannot_run_say_why():
 def test_smoke_run_through_the_harness(case):
     prepared = harness.Prepared(bench, case, "cpu")
     assert prepared.oracle == "fasttx-reference"  # dropout 0: every provider is checked
-    for name in bench.CPU_PROVIDERS:
+    for name in harness.providers_for(bench, "cpu"):
         row = harness.run_provider(prepared, name)
         assert row["note"] is None, (name, row["note"])
         assert row["median_ms"] > 0 and row["tokens_per_s"] > 0

@@ -18,6 +18,7 @@ ENV = {"date": "2026-11-20T10:00:00+00:00", "commit": "0123456789abcdef", "dirty
 TIMES = {(1024, "fasttx-triton"): 1.0, (1024, "fasttx-cuda"): 0.5, (1024, "eager"): 2.0,
          (1024, "torch-x"): 1.5, (1024, "floor"): 0.1,
          (4096, "fasttx-triton"): 4.0, (4096, "eager"): 8.0, (4096, "torch-x"): None,
+         (4096, "fasttx-reference"): 7.0,
          (4096, "floor"): 0.2}
 
 
@@ -45,9 +46,10 @@ def _write(folder, env=ENV):
     return harness.write_results(folder / "fake.json", env, CEILING, _rows())
 
 
-def test_speedups_are_over_the_fastest_peer_never_a_floor_or_fasttx():
+def test_speedups_are_over_the_fastest_peer_never_a_floor_or_a_fasttx_kernel():
     rows = _rows()
-    assert report.speedups(rows, "fasttx-triton") == [1.5, 2.0]  # torch-x at 1024, eager at 4096
+    # torch-x at 1024; fasttx's reference (plain PyTorch, a peer) at 4096
+    assert report.speedups(rows, "fasttx-triton") == [1.5, 1.75]
     assert report.speedups(rows, "fasttx-cuda") == [3.0]  # it did not run at 4096
     assert report.geometric_mean([1.5, 8 / 3]) == pytest.approx(2.0)
 
@@ -61,7 +63,7 @@ def test_sweep_tables_show_each_backend_the_best_peer_and_the_speedup():
     first, second = lines[4], lines[5]
     assert first.startswith("| 1024 | fwd | bf16 | 1 ms · 1,024 (128%) | 0.5 ms · 2,048 (256%)")
     assert "torch-x: 1.5 ms" in first and "**1.50×** | **3.00×** |" in first
-    assert "eager: 8 ms" in second and "**2.00×** | – |" in second
+    assert "fasttx-reference: 7 ms" in second and "**1.75×** | – |" in second
 
 
 def test_cpu_results_are_labelled_not_performance_figures(tmp_path):
@@ -90,6 +92,7 @@ def test_the_readme_section_shows_the_newest_gpu_run_only(tmp_path, monkeypatch)
     _write(cpu, {**ENV, "gpu": None, "date": "2027-01-01T00:00:00+00:00"})
     assert report.latest_gpu_folder(root) == newer
     report.render(newer)
+    (newer / "fake-quick-seqlen.png").write_bytes(b"")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Performance\n\n{report.README_BEGIN}\nold\n"
                       f"{report.README_END}\n\nafter\n")
@@ -97,9 +100,10 @@ def test_the_readme_section_shows_the_newest_gpu_run_only(tmp_path, monkeypatch)
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{report.README_END}\n\nafter\n")
     assert "[all tables and plots](results/test-gpu/README.md)" in text
-    assert "| fake | long | fasttx-triton | 1.73× (1.50–2.00×) | 2 |" in text
+    assert "| fake | long | fasttx-triton | 1.62× (1.50–1.75×) | 2 |" in text
     assert "| fake | long | fasttx-cuda | 3.00× (3.00–3.00×) | 1 |" in text
     assert "](results/test-gpu/fake-seqlen.png)" in text
+    assert "fake-quick" not in text  # another profile's plots are not this one's
     report.update_readme(readme, None)
     assert "No GPU results are committed yet" in readme.read_text()
     readme.write_text("no markers")
