@@ -261,3 +261,13 @@ def test_cpu_runs_triton_only_under_the_interpreter(monkeypatch):
     assert harness.providers_for(module, "cpu") == ("fasttx-triton", "eager")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert harness.providers_for(module, "cpu") == ("eager",)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA backend may run here")
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_records_why_fasttx_cuda_does_not_run_on_this_machine(op):
+    module = load(op)
+    prepared = harness.Prepared(module, module.cases("smoke")[0], "cpu")
+    row = harness.run_provider(prepared, "fasttx-cuda")
+    assert row["median_ms"] is None and row["note"].startswith("skipped: "), row
+    assert "cuda" in row["note"]
