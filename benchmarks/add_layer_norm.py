@@ -245,7 +245,5 @@ def provider(case: harness.Case, name: str, device: str) -> harness.Provider:
     if name == "eager":
         return harness.Provider(call=eager_call(**options))
     if name == "compiled":
-        torch._dynamo.reset()  # each case compiles afresh: no recompile limit, no stale graphs
-        return harness.Provider(call=torch.compile(eager_call(**options), fullgraph=True,
-                                                   dynamic=False))
+        return harness.Provider(call=harness.compiled(eager_call(**options)))
     raise LookupError(f"{name!r} is not one of {OP}'s providers {PROVIDERS}")

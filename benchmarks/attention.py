@@ -364,8 +364,7 @@ def provider(case: harness.Case, name: str, device: str) -> harness.Provider:
             return eager_attention(q, k, v, mask, causal)
         if name == "eager":
             return harness.Provider(call=eager)
-        torch._dynamo.reset()  # each case compiles afresh: no recompile limit, no stale graphs
-        return harness.Provider(call=torch.compile(eager, fullgraph=True, dynamic=False))
+        return harness.Provider(call=harness.compiled(eager))
     if name in FLASH_ATTN_MODULES:
         return _flash_attn(name, shape, device)
     return _torch_sdpa(name, shape, device)
