@@ -5,12 +5,13 @@
 
 Modules: ``config`` (hyperparameters and presets), ``seq2seq`` (the model, its loss and
 generation), ``layers`` (attention, encoder and decoder layers), ``cache`` (the key/value
-cache of incremental decoding), ``tasks`` (the copy task and its metrics) and ``train``
-(the training loop).
+cache of incremental decoding), ``packing`` (padding-free training batches), ``tasks``
+(the copy task and its metrics) and ``train`` (the training loop).
 """
 
 from fasttx.models.cache import KVCache
 from fasttx.models.config import PRESETS, TransformerConfig
+from fasttx.models.packing import PackedBatch
 from fasttx.models.seq2seq import Seq2SeqLoss, Seq2SeqTransformer
 from fasttx.models.tasks import Accuracy, CopyTask, evaluate_copy_task, sequence_accuracy
 from fasttx.models.train import TrainResult, noam_lr, train_copy_task
@@ -20,6 +21,7 @@ __all__ = [
     "Accuracy",
     "CopyTask",
     "KVCache",
+    "PackedBatch",
     "Seq2SeqLoss",
     "Seq2SeqTransformer",
     "TrainResult",

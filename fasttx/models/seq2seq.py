@@ -4,11 +4,12 @@ encoder and decoder stacks, the label-smoothed loss, and greedy / beam-search ge
     model = Seq2SeqTransformer(TransformerConfig.base(vocab_size=32000))
     out = model.loss(src, tgt)          # src (B, Ls), tgt (B, Lt) = [bos] + tokens + [eos]
     out.loss.backward()
+    out = model.loss_packed(PackedBatch.from_sequences(src_lists, tgt_lists))  # no padding
     tokens = model.generate(src, num_beams=4)   # (B, L): bos, tokens, eos, padding
 
 The layers (and how residual add & norm is fused, post- and pre-norm) are in
 :mod:`fasttx.models.layers`, the key/value cache of incremental decoding in
-:mod:`fasttx.models.cache`.
+:mod:`fasttx.models.cache`, packed (padding-free) batches in :mod:`fasttx.models.packing`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from fasttx.models.cache import KVCache
 from fasttx.models.config import TransformerConfig
 from fasttx.models.layers import CrossAttention, DecoderLayer, EncoderLayer, SelfAttention
+from fasttx.models.packing import PackedBatch
 from fasttx.nn.layers import AddLayerNorm
 
 __all__ = ["Seq2SeqLoss", "Seq2SeqTransformer", "sinusoidal_positions"]
@@ -104,11 +106,21 @@ class Seq2SeqTransformer(nn.Module):
         if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
             raise ValueError(f"{name} must have shape (B, L) with B, L >= 1, got "
                              f"{tuple(tokens.shape)}")
-        if offset + tokens.shape[1] > self.config.max_len:
-            raise ValueError(f"{name} reaches position {offset + tokens.shape[1]}, beyond "
+        self._check_length(name, offset + tokens.shape[1])
+        self._check_token_ids({name: tokens})
+
+    def _check_length(self, name: str, length: int) -> None:
+        if length > self.config.max_len:
+            raise ValueError(f"{name} reaches position {length}, beyond "
                              f"max_len={self.config.max_len}")
-        if not torch.compiler.is_compiling():
-            low, high = torch.stack(torch.aminmax(tokens)).tolist()  # one device sync
+
+    def _check_token_ids(self, named_tokens: dict[str, torch.Tensor]) -> None:
+        """Every id in [0, vocab_size), checked with one device sync for all the tensors."""
+        if torch.compiler.is_compiling():
+            return
+        bounds = torch.stack([torch.stack(torch.aminmax(tokens))
+                              for tokens in named_tokens.values()]).tolist()  # one device sync
+        for name, (low, high) in zip(named_tokens, bounds, strict=True):
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
                 raise ValueError(f"{name} holds token id {bad}, outside [0, vocab_size="
@@ -119,8 +131,11 @@ class Seq2SeqTransformer(nn.Module):
     def _embed(self, tokens, offset, input_norm):
         """tokens (B, L) at positions offset.. -> (x, stream) (B, L, D) for the first layer."""
         length = tokens.shape[1]
-        x = self.embedding(tokens) * math.sqrt(self.config.d_model) \
-            + self.positions[offset:offset + length]
+        return self._embed_at(tokens, self.positions[offset:offset + length], input_norm)
+
+    def _embed_at(self, tokens, positions, input_norm):
+        """tokens (..., L) plus their position encodings (..., L, D) -> (x, stream)."""
+        x = self.embedding(tokens) * math.sqrt(self.config.d_model) + positions
         if input_norm is not None:  # pre-norm: LN(dropout(x)), stream dropout(x)
             return input_norm(x, None, return_residual=True)
         x = F.dropout(x, self.config.dropout, self.training)
@@ -167,11 +182,33 @@ class Seq2SeqTransformer(nn.Module):
         logits = self._decode(tgt[:, :-1], *self._encode(src))
         target = tgt[:, 1:]
         keep = target != self.config.pad_id
-        log_probs = F.log_softmax(logits[keep], dim=-1,                        # (N, V)
+        return self._label_smoothed_loss(logits[keep], target[keep])
+
+    def loss_packed(self, batch: PackedBatch) -> Seq2SeqLoss:
+        """:meth:`loss` of a packed batch, computing no padding: the same value as ``loss``
+        on the padded batch of the same sequences (mean over batch.num_tokens targets).
+
+        Attention runs through :func:`fasttx.varlen_attention`: encoder self-attention
+        within each source, causal decoder self-attention within each target, and each
+        target attends to its own source.
+        """
+        if not isinstance(batch, PackedBatch):
+            raise TypeError(f"batch must be a PackedBatch (PackedBatch.from_sequences), got "
+                            f"{type(batch).__name__}")
+        self._check_length("batch's longest src", batch.max_src)
+        self._check_length("batch's longest tgt", batch.max_tgt + 1)  # bos ... eos, as in loss
+        self._check_token_ids({"batch.src": batch.src, "batch.tgt_in": batch.tgt_in,
+                               "batch.tgt_out": batch.tgt_out})
+        logits = self._decode_packed(batch, self._encode_packed(batch))
+        return self._label_smoothed_loss(logits, batch.tgt_out)
+
+    def _label_smoothed_loss(self, logits, target) -> Seq2SeqLoss:
+        """logits (N, V) and targets (N,) of the N scored tokens -> their mean loss."""
+        log_probs = F.log_softmax(logits, dim=-1,
                                   dtype=torch.promote_types(logits.dtype, torch.float32))
-        nll = -log_probs.gather(1, target[keep].unsqueeze(1)).sum()
+        nll = -log_probs.gather(1, target.unsqueeze(1)).sum()
         uniform = -log_probs.mean(dim=1).sum()  # cross-entropy with the uniform distribution
-        count = int(keep.sum())
+        count = target.shape[0]
         eps = self.config.label_smoothing
         loss = ((1.0 - eps) * nll + eps * uniform) / max(count, 1)
         return Seq2SeqLoss(loss, nll.detach() / max(count, 1), count)
@@ -189,6 +226,22 @@ class Seq2SeqTransformer(nn.Module):
         for layer in self.encoder:
             x, stream = layer(x, stream, src_mask)
         return x, src_mask
+
+    def _encode_packed(self, batch: PackedBatch):
+        """The packed sources -> memory (Ts, D)."""
+        x, stream = self._embed_at(batch.src, self.positions[batch.src_positions],
+                                   self.encoder_input_norm)
+        for layer in self.encoder:
+            x, stream = layer(x, stream, None, packed=batch)
+        return x
+
+    def _decode_packed(self, batch: PackedBatch, memory):
+        """The packed decoder inputs and memory (Ts, D) -> next-token logits (Tt, V)."""
+        x, stream = self._embed_at(batch.tgt_in, self.positions[batch.tgt_positions],
+                                   self.decoder_input_norm)
+        for layer in self.decoder:
+            x, stream = layer(x, stream, memory, None, None, True, packed=batch)
+        return F.linear(x, self.embedding.weight)
 
     def _decode(self, tgt, memory, src_mask, cache=None):
         offset, length = (0 if cache is None else cache.length), tgt.shape[1]
