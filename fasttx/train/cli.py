@@ -1,0 +1,162 @@
+"""``fasttx-train`` (also ``python -m fasttx.train``): train the bundled Transformer.
+
+    fasttx-train                                        # tiny model, synthetic copy task
+    fasttx-train --task numbers --max-steps 3000        # digits -> English words
+    fasttx-train --preset base --train-src train.de --train-tgt train.en \\
+        --valid-src dev.de --valid-tgt dev.en --test-src test.de --test-tgt test.en
+    fasttx-train --task reverse --resume                # continue runs/reverse-tiny
+    fasttx-train --compare-backends reference,reference+compile,triton,cuda --max-steps 200
+    torchrun --nproc-per-node 8 -m fasttx.train --preset big --fsdp ...
+
+The flags, defaults and help texts come from :class:`fasttx.train.options.TrainOptions`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from fasttx.backends import BACKENDS, BackendUnavailableError
+from fasttx.models.config import PRESETS
+from fasttx.train.options import RESUMABLE, TrainOptions
+
+__all__ = ["EXIT_CODES", "build_parser", "main", "options_from_args"]
+
+#: Exit status of each outcome.
+EXIT_CODES = {"finished": 0, "error": 2, "non-finite": 3, "interrupted": 130}
+
+_EPILOG = """\
+exit status: 0 finished; 2 bad arguments, data files or checkpoint; 3 stopped on a NaN/inf
+loss (the last checkpoint is left as it was); 130 interrupted by Ctrl-C or SIGTERM (after
+saving a checkpoint: continue with --resume).
+
+output in --out: checkpoint.pt (model, optimizer, schedule, random states, data position),
+tokenizer.json, metrics.jsonl (one JSON object per --log-every steps and per evaluation),
+loss.png; with --compare-backends, compare_backends.json and .png."""
+
+_GROUPS = {None: "model and kernels", "data": "data", "optimisation": "optimisation",
+           "output": "output, evaluation and checkpoints"}
+
+
+def _choices(name: str):
+    from fasttx.train.tasks import TASKS
+
+    return {"task": sorted(TASKS), "preset": list(PRESETS),
+            "backend": ["auto", *BACKENDS], "precision": ["auto", "bf16", "fp32"]}.get(name)
+
+
+def _value_type(annotation: str):
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.startswith(name):
+            return kind
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per :class:`TrainOptions` field; unset flags are absent from the result
+    (so a resumed run keeps its checkpoint's values)."""
+    parser = argparse.ArgumentParser(
+        prog="fasttx-train", epilog=_EPILOG, argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train fasttx's encoder-decoder Transformer (Vaswani et al., 2017) with "
+                    "fused kernels: on a built-in synthetic task or on parallel text files.")
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
+    for spec in dataclasses.fields(TrainOptions):
+        kind = _value_type(str(spec.type))
+        help_text = spec.metadata["help"]
+        if spec.default is not None:
+            help_text += f" (default {spec.default})"
+        group = groups[spec.metadata.get("group")]
+        flag = "--" + spec.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            group.add_argument(flag, type=kind, choices=_choices(spec.name), help=help_text,
+                               metavar=None if _choices(spec.name) else spec.name.upper())
+    return parser
+
+
+def options_from_args(given: dict) -> TrainOptions:
+    """The resolved options of the flags ``given``; with ``resume``, the checkpoint's
+    options with the given flags on top (only those in :data:`RESUMABLE` may differ)."""
+    options = TrainOptions(**given).resolved()
+    if not options.resume:
+        return options
+    from fasttx.train.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(options.out) / "checkpoint.pt"
+    if not path.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {path} (is --out right?)")
+    stored = load_checkpoint(path)["options"]
+    changed = {name: value for name, value in given.items()
+               if name not in RESUMABLE and stored.get(name) != value}
+    if changed:
+        listed = ", ".join(f"--{name.replace('_', '-')} {stored.get(name)!r} -> {value!r}"
+                           for name, value in changed.items())
+        raise CheckpointError(f"--resume continues {path} as it was trained; these flags "
+                              f"differ from it: {listed} (only {', '.join(RESUMABLE)} may "
+                              f"change)")
+    merged = {**stored, **{name: given[name] for name in given if name in RESUMABLE},
+              "resume": True, "out": options.out}
+    return TrainOptions(**merged).resolved()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fasttx.train.checkpoint import CheckpointError
+    from fasttx.train.data import DataError
+
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    try:
+        options = options_from_args(given)
+    except CheckpointError as error:
+        print(f"fasttx-train: error: {error}", file=sys.stderr)
+        return EXIT_CODES["error"]
+    except ValueError as error:
+        parser.error(str(error))  # exits with 2 and the usage
+    try:
+        return _run(options)
+    except (DataError, CheckpointError, BackendUnavailableError, ImportError) as error:
+        print(f"fasttx-train: error: {error}", file=sys.stderr)
+        return EXIT_CODES["error"]
+
+
+def _run(options: TrainOptions) -> int:
+    from fasttx.train.compare import compare_backends, parse_entries
+    from fasttx.train.distributed import init_distributed
+    from fasttx.train.trainer import Trainer
+
+    if options.compare_backends:
+        try:
+            entries = parse_entries(options.compare_backends)
+        except ValueError as error:
+            print(f"fasttx-train: error: {error}", file=sys.stderr)
+            return EXIT_CODES["error"]
+        report = compare_backends(options, entries)
+        return EXIT_CODES["finished"] if report["baseline"] else EXIT_CODES["error"]
+    world = init_distributed(options.device)
+    try:
+        trainer = Trainer(options, world)
+        summary = trainer.run()
+    finally:
+        world.close()
+    if world.is_main:
+        print(_summary_line(summary, options))
+    return EXIT_CODES[summary.status]
+
+
+def _summary_line(summary, options) -> str:
+    parts = [f"{summary.status}: step {summary.step}/{options.max_steps}",
+             f"{summary.seconds:.1f} s training", f"{summary.tokens_per_s:,.0f} target tokens/s",
+             f"last loss {summary.final_loss:.4f}"]
+    if summary.peak_memory_mb is not None:
+        parts.append(f"peak memory {summary.peak_memory_mb:,.0f} MB")
+    scores = summary.test or summary.valid
+    if scores is not None:
+        parts.append(f"{'test' if summary.test else 'valid'} BLEU {scores.bleu:.1f}, chrF "
+                     f"{scores.chrf:.1f}, exact match {scores.exact_match:.1%}")
+    if summary.checkpoint:
+        parts.append(f"checkpoint {summary.checkpoint}")
+    return "; ".join(parts)

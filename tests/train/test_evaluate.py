@@ -1,0 +1,69 @@
+"""Evaluation: held-out loss, decoding in corpus order, BLEU / chrF / exact match."""
+
+import contextlib
+
+import pytest
+import torch
+
+from fasttx.models import Seq2SeqTransformer, TransformerConfig
+from fasttx.train.data import collate, encode_corpus
+from fasttx.train.evaluate import corpus_loss, evaluate, score_translations, translate
+from fasttx.train.tasks import TASKS, synthetic_corpus
+
+TASK = TASKS["reverse"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    config = TransformerConfig.tiny(vocab_size=TASK.tokenizer.vocab_size)
+    model = Seq2SeqTransformer(config).eval()
+    pairs = synthetic_corpus("reverse", 23, seed=3)
+    corpus, dropped = encode_corpus(pairs, TASK.tokenizer, config.max_len)
+    assert dropped == 0
+    return model, corpus, pairs
+
+
+def test_scores_of_perfect_and_wrong_translations():
+    perfect = score_translations(["a b c d", "e f g h"], ["a b c d", "e f g h"])
+    assert perfect == pytest.approx({"bleu": 100.0, "chrf": 100.0, "exact_match": 1.0})
+    half = score_translations(["a b c d", "x y"], ["a b c d", "e f g h"])
+    assert half["exact_match"] == 0.5 and 0 < half["bleu"] < 100
+    with pytest.raises(ValueError, match="as many hypotheses as references"):
+        score_translations(["a"], ["a", "b"])
+
+
+def test_corpus_loss_is_the_token_weighted_mean(setup):
+    model, corpus, _ = setup
+    loss, nll = corpus_loss(model, corpus, 64, "cpu", contextlib.nullcontext)
+    src, tgt = collate(corpus, list(range(len(corpus))), model.config.pad_id)
+    with torch.no_grad():
+        whole = model.loss(src, tgt)
+    assert loss == pytest.approx(whole.loss.item(), rel=1e-5)
+    assert nll == pytest.approx(whole.nll.item(), rel=1e-5)
+
+
+def test_translate_returns_hypotheses_in_corpus_order(setup):
+    """Each hypothesis is its sentence's decode alone (up to the shorter length limit: an
+    untrained model rarely stops, and a batch's limit follows its longest source)."""
+    model, corpus, _ = setup
+    hypotheses = translate(model, corpus, 40, "cpu", contextlib.nullcontext)  # several batches
+    assert len(hypotheses) == len(corpus)
+    for index in (0, 5, 22):
+        src, _ = collate(corpus, [index], model.config.pad_id)
+        alone = model.generate(src)[0, 1:].tolist()
+        eos = model.config.eos_id
+        alone = alone[:alone.index(eos)] if eos in alone else alone
+        shorter = min(len(alone), len(hypotheses[index]))
+        assert shorter >= 1 and hypotheses[index][:shorter] == alone[:shorter]
+
+
+def test_evaluate_reports_scores_and_examples(setup):
+    model, corpus, pairs = setup
+    scores = evaluate(model, corpus, pairs, TASK.tokenizer, 64, "cpu", contextlib.nullcontext,
+                      num_beams=2, num_examples=2)
+    assert scores.num_sentences == 23 and scores.num_beams == 2
+    assert [source for source, _, _ in scores.examples] == [pairs[0][0], pairs[1][0]]
+    assert set(scores.metrics("valid")) == {"valid_loss", "valid_nll", "valid_bleu",
+                                            "valid_chrf", "valid_exact_match",
+                                            "valid_num_sentences", "valid_num_beams"}

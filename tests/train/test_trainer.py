@@ -1,0 +1,193 @@
+"""The training loop: the recipe's pieces, resume, stopping, outputs and learning."""
+
+import dataclasses
+import json
+import math
+import random
+import re
+import signal
+
+import pytest
+import torch
+
+from fasttx.train import NonFiniteLossError, Trainer
+from fasttx.train import checkpoint as ckpt
+from fasttx.train.distributed import LossForward
+from fasttx.train.tasks import TASKS
+from tests.train.conftest import read_metrics, step_losses
+
+
+def _run(options, **run_kwargs):
+    return Trainer(options, echo=lambda *args, **kwargs: None).run(**run_kwargs)
+
+
+def test_run_writes_checkpoint_metrics_tokenizer_and_plot(quick_options, tmp_path):
+    options = quick_options()
+    summary = _run(options)
+    out = tmp_path / "run"
+    assert summary.status == "finished" and summary.step == 6 and len(summary.losses) == 6
+    assert {"checkpoint.pt", "metrics.jsonl", "tokenizer.json", "loss.png"} <= \
+        {path.name for path in out.iterdir()}
+    assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
+    records = read_metrics(out)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 7))
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 and r["tokens"] > 0 for r in train)
+    assert [r["loss"] for r in train] == pytest.approx(summary.losses)
+    # the end: greedy validation, then the test split with beam search
+    assert [r["split"] for r in records if "split" in r] == ["valid", "test"]
+    test = records[-1]
+    assert test["test_num_beams"] == 2 and test["test_num_sentences"] == 40
+    assert 0.0 <= test["test_bleu"] <= 100.0 and 0.0 <= test["test_exact_match"] <= 1.0
+    state = ckpt.load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 6 and state["options"]["task"] == "copy"
+    assert json.loads(state["tokenizer"]) == json.loads((out / "tokenizer.json").read_text())
+
+
+def test_learning_rate_follows_warmup_then_inverse_square_root(quick_options, tmp_path):
+    options = quick_options(max_steps=8, warmup=4, lr_factor=2.0)
+    _run(options, evaluate=False, save=False)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r]
+    d_model = 64
+    expected = [2.0 * d_model ** -0.5 * min((s + 1) ** -0.5, (s + 1) * 4 ** -1.5)
+                for s in range(1, 9)]  # the rate the next step will use
+    assert lrs == pytest.approx(expected)
+
+
+def test_resume_continues_to_the_same_losses(quick_options, tmp_path):
+    straight = quick_options(max_steps=8, out=str(tmp_path / "straight"))
+    _run(straight)
+    first = quick_options(max_steps=3, out=str(tmp_path / "resumed"))
+    _run(first)
+    resumed = _run(dataclasses.replace(first, max_steps=8, resume=True))
+    assert resumed.step == 8 and len(resumed.losses) == 5
+    assert step_losses(tmp_path / "resumed") == step_losses(tmp_path / "straight")
+
+
+def test_resume_drops_metrics_recorded_after_the_checkpoint(quick_options, tmp_path):
+    options = quick_options(max_steps=4)
+    _run(options)
+    out = tmp_path / "run"
+    with (out / "metrics.jsonl").open("a") as file:  # a crash after step 4's checkpoint
+        file.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    _run(dataclasses.replace(options, max_steps=6, resume=True))
+    steps = [step for step, _ in step_losses(out)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_training_options(quick_options, tmp_path):
+    options = quick_options(max_steps=2)
+    _run(options)
+    with pytest.raises(ckpt.CheckpointError, match="--seed 0 -> 1"):
+        Trainer(dataclasses.replace(options, seed=1, resume=True))
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        Trainer(dataclasses.replace(options, out=str(tmp_path / "empty"), resume=True))
+
+
+def test_packed_batches_train_like_padded_ones(quick_options, tmp_path):
+    padded = _run(quick_options(out=str(tmp_path / "padded")), evaluate=False, save=False)
+    packed = _run(quick_options(out=str(tmp_path / "packed"), pack=True), evaluate=False,
+                  save=False)
+    assert packed.losses == pytest.approx(padded.losses, rel=1e-5)
+    assert packed.step_tokens == padded.step_tokens
+
+
+def test_accumulation_weighs_every_target_token_the_same(quick_options, tmp_path):
+    """Two accumulated batches of a step give the loss of their tokens pooled."""
+    summary = _run(quick_options(accum_steps=2, max_steps=1), evaluate=False, save=False)
+    trainer = Trainer(quick_options(max_steps=1, out=str(tmp_path / "pooled")))
+    batches = [trainer._collate(b) for b in trainer.stream.batcher.epoch_batches(0)[:2]]
+    with torch.no_grad():
+        outs = [trainer.model.loss(*batch) for batch in batches]
+    pooled = sum(o.loss.item() * o.num_tokens for o in outs) / sum(o.num_tokens for o in outs)
+    assert summary.losses[0] == pytest.approx(pooled, rel=1e-6)
+    assert summary.step_tokens[0] == sum(o.num_tokens for o in outs)
+
+
+def test_non_finite_loss_stops_before_updating_and_keeps_the_checkpoint(
+        quick_options, tmp_path, monkeypatch):
+    options = quick_options(max_steps=10, save_every=2)
+    calls = {"n": 0}
+    forward = LossForward.forward
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        out = forward(self, batch)
+        if calls["n"] == 5:  # step 5
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(LossForward, "forward", poisoned)
+    messages = []
+    trainer = Trainer(options, echo=messages.append)
+    summary = trainer.run()
+    assert summary.status == "non-finite" and summary.step == 4
+    assert summary.checkpoint == str(tmp_path / "run" / "checkpoint.pt")
+    assert any(re.search(r"loss is nan .*at step 5\..*checkpoint\.pt \(step 4\)", m)
+               for m in messages), messages
+    state = ckpt.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 4  # the step-4 checkpoint, not overwritten after the NaN
+    for name, value in trainer.model.state_dict().items():  # step 5 changed nothing
+        torch.testing.assert_close(value, state["model"][name], rtol=0, atol=0)
+    assert all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_train_step_raises_on_an_infinite_gradient(quick_options, monkeypatch):
+    trainer = Trainer(quick_options())
+    forward = LossForward.forward
+    monkeypatch.setattr(LossForward, "forward",
+                        lambda self, batch: _scaled(forward(self, batch), float("inf")))
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
+        trainer.train_step()
+    assert trainer.step == 0
+
+
+def _scaled(out, factor):
+    out.loss = out.loss * factor
+    return out
+
+
+def test_stop_request_saves_after_the_current_step(quick_options, tmp_path, monkeypatch):
+    """What Ctrl-C triggers (the signal itself is tested through the CLI)."""
+    options = quick_options(max_steps=50)
+    trainer = Trainer(options, echo=lambda *args: None)
+    step = trainer.train_step
+
+    def step_then_request():
+        result = step()
+        if trainer.step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(trainer, "train_step", step_then_request)
+    summary = trainer.run()
+    assert summary.status == "interrupted" and summary.step == 3
+    assert ckpt.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+
+
+def test_real_text_files_train_a_subword_tokenizer(tmp_path, quick_options):
+    rng = random.Random(0)
+    lines = [TASKS["numbers"].sample(rng) for _ in range(300)]
+    for split, rows in (("train", lines[:260]), ("valid", lines[260:280]),
+                        ("test", lines[280:])):
+        (tmp_path / f"{split}.src").write_text("".join(s + "\n" for s, _ in rows))
+        (tmp_path / f"{split}.tgt").write_text("".join(t + "\n" for _, t in rows))
+    files = {f"{split}_{side}": str(tmp_path / f"{split}.{side}")
+             for split in ("train", "valid", "test") for side in ("src", "tgt")}
+    options = quick_options(vocab_size=60, max_steps=3, **files)
+    summary = _run(options)
+    assert summary.status == "finished" and summary.test.num_sentences == 20
+    state = ckpt.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert json.loads(state["tokenizer"])["kind"] == "subword"
+    assert state["model_config"]["vocab_size"] <= 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, steps", [("copy", 300), ("reverse", 300), ("sort", 300),
+                                         ("numbers", 600)])
+def test_tiny_preset_learns_each_synthetic_task(task, steps, quick_options):
+    options = quick_options(task=task, synthetic_size=20_000, max_tokens=512, max_steps=steps,
+                            log_every=50, num_beams=1)
+    summary = _run(options, save=False)
+    assert summary.test.exact_match >= 0.9, (task, summary.test)
+    assert summary.test.bleu >= 90 and math.isfinite(summary.final_loss)
