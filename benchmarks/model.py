@@ -5,7 +5,7 @@ What is timed (each provider builds its model and optimizer once, untimed, from 
 seed, so every provider starts from the same weights):
 
 - sweep ``train`` (mode "fwd_bwd"): one whole training step as
-  :mod:`fasttx.models.train` runs it: the forward and the label-smoothed loss under
+  :mod:`fasttx.train` runs it: the forward and the label-smoothed loss under
   ``torch.autocast(bf16)`` with fp32 parameters, ``zero_grad(set_to_none=True)``, the
   backward and an Adam step. Presets base and big with their own dropout (0.1, 0.3; a case
   with dropout is not checked against the oracle, the masks differ), source and target

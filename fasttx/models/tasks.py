@@ -1,8 +1,10 @@
-"""The synthetic copy task (as in "The Annotated Transformer"): learn to output the input.
+"""The copy task on token ids (as in "The Annotated Transformer"): learn to output the input.
+
+Batches of token ids straight from a generator, for the model's tests and benchmarks; the
+training CLI's tasks (copy, reverse, sort, numbers, as text) are :mod:`fasttx.train.tasks`.
 
     task = CopyTask.for_config(config)               # symbols = every non-special token id
     for src, tgt in task.batches(64, seed=0): ...    # deterministic given the seed
-    accuracy = evaluate_copy_task(model, task, seed=1)
 
 A sequence x of 1..max_len random symbols becomes src = x + [eos] and
 tgt = [bos] + x + [eos], both right-padded with pad_id to the longest in the batch.
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 
 from fasttx.models.config import TransformerConfig
 
-__all__ = ["Accuracy", "CopyTask", "evaluate_copy_task", "sequence_accuracy"]
+__all__ = ["Accuracy", "CopyTask", "sequence_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,3 @@ def sequence_accuracy(predictions: torch.Tensor, targets: torch.Tensor, pad_id: 
                     token_accuracy=((same[:, 1:] & scored).sum() / scored.sum()).item(),
                     num_sequences=targets.shape[0])
 
-
-def evaluate_copy_task(model, task: CopyTask, num_sequences: int = 256, seed: int = 1,
-                       device=None, num_beams: int = 1) -> Accuracy:
-    """Decodes ``num_sequences`` fresh sequences (drawn from ``seed``) with
-    ``model.generate`` and scores them against the task's targets."""
-    device = next(model.parameters()).device if device is None else device
-    src, tgt = task.sample(num_sequences, torch.Generator().manual_seed(seed), device)
-    predictions = model.generate(src, max_new_tokens=tgt.shape[1] - 1, num_beams=num_beams)
-    return sequence_accuracy(predictions, tgt, task.pad_id)

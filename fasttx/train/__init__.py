@@ -16,6 +16,6 @@ matplotlib).
 """
 
 from fasttx.train.options import TrainOptions
-from fasttx.train.trainer import NonFiniteLossError, Trainer, TrainSummary
+from fasttx.train.trainer import NonFiniteLossError, Trainer, TrainSummary, noam_lr
 
-__all__ = ["NonFiniteLossError", "TrainOptions", "TrainSummary", "Trainer"]
+__all__ = ["NonFiniteLossError", "TrainOptions", "TrainSummary", "Trainer", "noam_lr"]

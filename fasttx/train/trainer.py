@@ -30,7 +30,6 @@ import torch
 
 from fasttx.backends import record_selections, use_backend
 from fasttx.models import Seq2SeqTransformer, TransformerConfig
-from fasttx.models.train import noam_lr
 from fasttx.train import checkpoint as ckpt
 from fasttx.train.corpus import Corpora, load_corpora
 from fasttx.train.data import TokenBatcher, collate, collate_packed
@@ -45,7 +44,16 @@ from fasttx.train.distributed import (
 from fasttx.train.evaluate import Scores, evaluate
 from fasttx.train.options import RESUMABLE, TrainOptions
 
-__all__ = ["NonFiniteLossError", "TrainSummary", "Trainer"]
+__all__ = ["NonFiniteLossError", "TrainSummary", "Trainer", "noam_lr"]
+
+
+def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
+    """The paper's schedule: linear warm-up for ``warmup`` steps, then step^-0.5 decay.
+
+    Peaks at ``factor * (d_model * warmup)^-0.5`` on step ``warmup``; step counts from 1.
+    """
+    step = max(step, 1)
+    return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -9,7 +9,8 @@ import fasttx.reference.add_layer_norm
 import fasttx.reference.attention
 import fasttx.reference.feed_forward
 from fasttx import backends
-from fasttx.models import CopyTask, KVCache, Seq2SeqTransformer, TransformerConfig, train_copy_task
+from fasttx.models import CopyTask, KVCache, Seq2SeqTransformer, TransformerConfig
+from fasttx.train import Trainer, TrainOptions
 
 NORMS = pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
 
@@ -214,12 +215,16 @@ def test_cached_decoding_matches_full_decoding(norm_first):
 
 
 @pytest.fixture(scope="module")
-def half_trained(one_thread):
+def half_trained(one_thread, tmp_path_factory):
     """The tiny model after 100 copy-task steps (~4 s): varied outputs of varied lengths,
     with mistakes, so decoding choices are not trivial. In float64: no near-ties."""
+    options = TrainOptions(task="copy", max_steps=100, max_tokens=512, synthetic_size=2000,
+                           out=str(tmp_path_factory.mktemp("half-trained")), eval_every=0,
+                           log_every=100, progress=False).resolved()
     with one_thread():
-        result = train_copy_task(steps=100, progress=False, eval_sequences=1, num_examples=0)
-    return result.model.double().eval()
+        trainer = Trainer(options, echo=lambda *args: None)
+        trainer.run(evaluate=False, save=False)
+    return trainer.model.double().eval()
 
 
 def decoding_models(half_trained):

@@ -10,7 +10,7 @@ import signal
 import pytest
 import torch
 
-from fasttx.train import NonFiniteLossError, Trainer
+from fasttx.train import NonFiniteLossError, Trainer, noam_lr
 from fasttx.train import checkpoint as ckpt
 from fasttx.train.distributed import LossForward
 from fasttx.train.tasks import TASKS
@@ -42,6 +42,15 @@ def test_run_writes_checkpoint_metrics_tokenizer_and_plot(quick_options, tmp_pat
     state = ckpt.load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 6 and state["options"]["task"] == "copy"
     assert json.loads(state["tokenizer"]) == json.loads((out / "tokenizer.json").read_text())
+
+
+def test_noam_schedule():
+    peak = noam_lr(4000, 512, 4000)
+    assert peak == pytest.approx(512 ** -0.5 * 4000 ** -0.5)
+    assert noam_lr(400, 512, 4000) == pytest.approx(peak / 10)  # linear warm-up
+    assert noam_lr(16000, 512, 4000) == pytest.approx(peak / 2)  # inverse square root
+    assert noam_lr(0, 512, 4000) == noam_lr(1, 512, 4000) > 0
+    assert noam_lr(10, 64, 100, factor=3.0) == pytest.approx(3 * noam_lr(10, 64, 100))
 
 
 def test_learning_rate_follows_warmup_then_inverse_square_root(quick_options, tmp_path):
