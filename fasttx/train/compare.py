@@ -8,8 +8,9 @@ per entry, the training throughput (target tokens/s over the steps after the fir
 and at least the first, which absorb compilation and autotuning), the peak GPU memory, the
 final loss, and how far its loss curve strays from the first entry's (max and mean
 |difference| per step). An entry that cannot run (a backend unavailable here) is reported
-with the reason, not dropped. Written to ``<out>/compare_backends.json`` with the
-environment, and plotted to ``<out>/compare_backends.png``.
+with the reason, not dropped. Each entry's metrics go to ``<out>/compare/<entry>/``
+(replaced by the next comparison), the report with the environment to
+``<out>/compare_backends.json``, and its plot to ``<out>/compare_backends.png``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import datetime
 import gc
 import json
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -85,8 +87,10 @@ def compare_backends(options, entries: list[tuple[str, bool]], echo=print) -> di
             rows.append(row)
             echo(f"{name}: {row['status']}")
             continue
+        scratch = out / "compare" / name  # this entry's metrics, redone by every comparison
+        shutil.rmtree(scratch, ignore_errors=True)
         run_options = dataclasses.replace(
-            options, backend=backend, compile=compiled, out=str(out / "compare" / name),
+            options, backend=backend, compile=compiled, out=str(scratch),
             eval_every=0, save_every=0, compare_backends=None, resume=False)
         echo(f"{name}: training {options.max_steps} steps")
         try:

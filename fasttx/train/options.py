@@ -137,7 +137,7 @@ class TrainOptions:
                      "synthetic_size", "eval_sentences", "num_beams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "save_every"):
+        for name in ("warmup", "eval_every", "save_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be at least 0, got {getattr(self, name)}")
         if self.lr_factor <= 0 or self.clip_norm < 0:

@@ -148,7 +148,15 @@ class Trainer:
         self.out = Path(options.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.metrics_path = self.out / "metrics.jsonl"
-        state = self._load_resume_state() if options.resume else None
+        if options.resume:
+            state = self._load_resume_state()
+        else:
+            state = None
+            taken = [p.name for p in (self.checkpoint_path, self.metrics_path) if p.exists()]
+            if taken:  # a new run would overwrite that run's checkpoint and mix its metrics
+                raise ckpt.CheckpointError(
+                    f"{self.out} already holds a run ({', '.join(taken)}): continue it with "
+                    f"--resume, or give another --out")
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 
@@ -215,23 +223,21 @@ class Trainer:
                                                     and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def _collate(self, indices):
+    def _collate(self, indices) -> tuple[object, int]:
+        """This batch on the device (padded (src, tgt) or packed) and its number of target
+        tokens, counted on the host so that no step waits for the device to count them."""
+        tokens = sum(len(self.data.train.tgt[i]) - 1 for i in indices)
         if self.options.pack:
-            return collate_packed(self.data.train, indices).to(self.device)
+            return collate_packed(self.data.train, indices).to(self.device), tokens
         src, tgt = collate(self.data.train, indices, self.config.pad_id)
-        return src.to(self.device, non_blocking=True), tgt.to(self.device, non_blocking=True)
-
-    @staticmethod
-    def _target_tokens(batch, pad_id) -> int:
-        if isinstance(batch, tuple):
-            return int((batch[1][:, 1:] != pad_id).sum())
-        return batch.num_tokens
+        return (src.to(self.device, non_blocking=True),
+                tgt.to(self.device, non_blocking=True)), tokens
 
     def train_step(self) -> tuple[float, int]:
         """One optimizer step; returns (loss per target token over all ranks, target tokens
         over all ranks). Raises :class:`NonFiniteLossError` before updating anything."""
-        batches = [self._collate(indices) for indices in self.stream.next_step()]
-        local = [self._target_tokens(batch, self.config.pad_id) for batch in batches]
+        collated = [self._collate(indices) for indices in self.stream.next_step()]
+        batches, local = [batch for batch, _ in collated], [tokens for _, tokens in collated]
         (total,) = self.world.sum([sum(local)])
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(batches):
