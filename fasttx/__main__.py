@@ -78,6 +78,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
 
+    if summary.status != "finished":  # Ctrl-C, or a non-finite loss (already reported)
+        return 130 if summary.status == "interrupted" else 1
     used = ", ".join(f"{op}={name}" for op, name in summary.backends.items())
     accuracy = summary.test.exact_match
     print(f"\nkernels used: {used}")

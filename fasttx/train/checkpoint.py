@@ -3,7 +3,7 @@
     save_checkpoint(path, state)            # temp file in the same folder, fsync, rename
     state = load_checkpoint(path)           # clear error for a missing or foreign file
 
-A checkpoint is one ``torch.save`` dict (see :class:`Checkpoint` for its keys): the model
+A checkpoint is one ``torch.save`` dict with the keys :data:`KEYS`: the model
 and optimiser (full, unsharded state dicts), the scheduler, the step, the data position,
 the random states of every rank, the options and model config of the run and the
 tokenizer. A crash while writing leaves the previous checkpoint untouched: the new one is
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fasttx.train._files import write_atomically
 
 __all__ = ["FORMAT", "CheckpointError", "capture_rng", "load_checkpoint", "restore_rng",
            "save_checkpoint"]
@@ -27,8 +28,8 @@ __all__ = ["FORMAT", "CheckpointError", "capture_rng", "load_checkpoint", "resto
 FORMAT = "fasttx-train/1"
 
 #: Keys every checkpoint holds.
-KEYS = ("format", "step", "data_position", "model", "optimizer", "scheduler", "rng",
-        "options", "model_config", "tokenizer")
+KEYS = ("format", "step", "data_position", "data_size", "world_size", "model", "optimizer",
+        "scheduler", "rng", "options", "model_config", "tokenizer")
 
 
 class CheckpointError(RuntimeError):
@@ -40,22 +41,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     missing = [key for key in KEYS if key not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a plain file is not
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fasttx.backends import BACKENDS, BackendUnavailableError
 from fasttx.models.config import PRESETS
-from fasttx.train.options import RESUMABLE, TrainOptions
+from fasttx.train.options import RESUMABLE, TrainOptions, changed_options
 
 __all__ = ["EXIT_CODES", "build_parser", "main", "options_from_args"]
 
@@ -57,8 +57,12 @@ def _value_type(annotation: str):
 def build_parser() -> argparse.ArgumentParser:
     """One flag per :class:`TrainOptions` field; unset flags are absent from the result
     (so a resumed run keeps its checkpoint's values)."""
+    from fasttx.train.tasks import TASKS
+
+    tasks = "\n".join(f"  {name:<8} {task.description}" for name, task in TASKS.items())
     parser = argparse.ArgumentParser(
-        prog="fasttx-train", epilog=_EPILOG, argument_default=argparse.SUPPRESS,
+        prog="fasttx-train", epilog=f"synthetic tasks (--task):\n{tasks}\n\n{_EPILOG}",
+        argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train fasttx's encoder-decoder Transformer (Vaswani et al., 2017) with "
                     "fused kernels: on a built-in synthetic task or on parallel text files.")
@@ -90,16 +94,13 @@ def options_from_args(given: dict) -> TrainOptions:
     if not path.exists():
         raise CheckpointError(f"--resume: no checkpoint at {path} (is --out right?)")
     stored = load_checkpoint(path)["options"]
-    changed = {name: value for name, value in given.items()
-               if name not in RESUMABLE and stored.get(name) != value}
+    changed = changed_options(stored, given)
     if changed:
-        listed = ", ".join(f"--{name.replace('_', '-')} {stored.get(name)!r} -> {value!r}"
-                           for name, value in changed.items())
-        raise CheckpointError(f"--resume continues {path} as it was trained; these flags "
-                              f"differ from it: {listed} (only {', '.join(RESUMABLE)} may "
-                              f"change)")
+        raise CheckpointError(f"--resume continues {path} as it was trained; {changed}")
     merged = {**stored, **{name: given[name] for name in given if name in RESUMABLE},
               "resume": True, "out": options.out}
+    if "eval_every" in given and "save_every" not in given:
+        merged["save_every"] = None  # follows the new --eval-every, as documented
     return TrainOptions(**merged).resolved()
 
 
@@ -118,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))  # exits with 2 and the usage
     try:
         return _run(options)
-    except (DataError, CheckpointError, BackendUnavailableError, ImportError) as error:
+    except (DataError, CheckpointError, BackendUnavailableError, ImportError,
+            ValueError) as error:  # what the data, checkpoint or options can get wrong
         print(f"fasttx-train: error: {error}", file=sys.stderr)
         return EXIT_CODES["error"]
+    except KeyboardInterrupt:  # outside the training loop: setup, the final evaluation
+        print("fasttx-train: interrupted", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
 
 
 def _run(options: TrainOptions) -> int:
@@ -129,12 +134,7 @@ def _run(options: TrainOptions) -> int:
     from fasttx.train.trainer import Trainer
 
     if options.compare_backends:
-        try:
-            entries = parse_entries(options.compare_backends)
-        except ValueError as error:
-            print(f"fasttx-train: error: {error}", file=sys.stderr)
-            return EXIT_CODES["error"]
-        report = compare_backends(options, entries)
+        report = compare_backends(options, parse_entries(options.compare_backends))
         return EXIT_CODES["finished"] if report["baseline"] else EXIT_CODES["error"]
     world = init_distributed(options.device)
     try:

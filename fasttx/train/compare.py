@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import gc
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import torch
 
 import fasttx
 from fasttx.backends import BACKENDS, BackendUnavailableError
+from fasttx.train._files import write_atomically
 from fasttx.train.plots import plot_backend_losses
 
 __all__ = ["compare_backends", "parse_entries"]
@@ -76,6 +78,8 @@ def compare_backends(options, entries: list[tuple[str, bool]], echo=print) -> di
     (also written beside the runs in ``options.out``)."""
     from fasttx.train.trainer import Trainer
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--compare-backends runs in one process; start it without torchrun")
     out = Path(options.out)
     rows, losses = [], {}
     available = fasttx.available_backends()
@@ -105,6 +109,12 @@ def compare_backends(options, entries: list[tuple[str, bool]], echo=print) -> di
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        if summary.status != "finished" or not summary.losses:
+            row["status"] = f"failed: {summary.status} after {summary.step} steps"
+            rows.append(row)
+            if summary.status == "interrupted":  # Ctrl-C ends the whole comparison
+                break
+            continue
         losses[name] = summary.losses
         row.update(tokens_per_s=_throughput(summary), peak_memory_mb=summary.peak_memory_mb,
                    final_loss=summary.final_loss, steps=summary.step,
@@ -127,9 +137,7 @@ def compare_backends(options, entries: list[tuple[str, bool]], echo=print) -> di
               "baseline": baseline["backend"] if baseline else None, "results": rows}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "compare_backends.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    write_atomically(path, text=json.dumps(report, indent=2) + "\n")
     plot_backend_losses(losses, out / "compare_backends.png", echo=echo)
     echo(format_table(report))
     echo(f"report: {path}")

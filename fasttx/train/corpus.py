@@ -78,8 +78,9 @@ def load_corpora(options, world, out: Path, echo, tokenizer_json: str | None = N
              f"{max_len} tokens (--max-len)")
     if len(train) == 0:
         raise DataError(f"no training pair of {name} fits in {max_len} tokens (--max-len)")
-    return Corpora(tokenizer, train, _encode_eval(valid_pairs, tokenizer, max_len, "valid", echo),
-                   _encode_eval(test_pairs, tokenizer, max_len, "test", echo))
+    valid = _encode_eval(valid_pairs, tokenizer, max_len, options.valid_src or "valid", echo)
+    test = _encode_eval(test_pairs, tokenizer, max_len, options.test_src or "test", echo)
+    return Corpora(tokenizer, train, valid, test)
 
 
 def _read_optional(src, tgt):
@@ -100,13 +101,14 @@ def _subword_tokenizer(options, world, out: Path, pairs, tokenizer_json, echo):
     return tokenizer if world.is_main else load_tokenizer(path)
 
 
-def _encode_eval(pairs, tokenizer, max_len: int, split: str, echo) -> EvalSet | None:
+def _encode_eval(pairs, tokenizer, max_len: int, name: str, echo) -> EvalSet | None:
     if pairs is None:
         return None
     corpus, dropped = encode_corpus(pairs, tokenizer, max_len)
-    if dropped:
-        echo(f"{split}: skipping {dropped} of {len(pairs)} pairs longer than {max_len} tokens")
     if not len(corpus):
-        return None
+        raise DataError(f"{name}: every one of its {len(pairs)} pairs is longer than "
+                        f"{max_len} tokens (--max-len)")
+    if dropped:
+        echo(f"{name}: skipping {dropped} of {len(pairs)} pairs longer than {max_len} tokens")
     kept = [pairs[index] for index in corpus.pair_indices]
     return EvalSet(EncodedCorpus(corpus.src, corpus.tgt), kept)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from fasttx.models.config import PRESETS
 
-__all__ = ["PRESET_DEFAULTS", "RESUMABLE", "TrainOptions"]
+__all__ = ["PRESET_DEFAULTS", "RESUMABLE", "TrainOptions", "changed_options"]
 
 #: Per-preset defaults of the fields left at None. base/big: the paper (25k-token batches,
 #: warm-up 4000, lr factor 1; 100k steps for base, 300k for big). tiny learns the built-in
@@ -140,10 +140,29 @@ class TrainOptions:
         for name in ("warmup", "eval_every", "save_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be at least 0, got {getattr(self, name)}")
-        if self.lr_factor <= 0 or self.clip_norm < 0:
-            raise ValueError("--lr-factor must be positive and --clip-norm at least 0")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.lr_factor <= 0:
+            raise ValueError(f"--lr-factor must be positive, got {self.lr_factor}")
+        for name in ("clip_norm", "length_penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be at least 0, got {getattr(self, name)}")
+        for name in ("dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"--{_flag(name)} must be in [0, 1), got {value}")
+        if self.max_len is not None and self.max_len < 3:
+            raise ValueError(f"--max-len must be at least 3 (bos, a token, eos), got "
+                             f"{self.max_len}")
+        if self.uses_files and self.vocab_size < 5:
+            raise ValueError(f"--vocab-size must be at least 5 (4 special tokens and one "
+                             f"more), got {self.vocab_size}")
+        from fasttx.backends import BACKENDS
+        from fasttx.train.tasks import TASKS
+
+        for name, allowed in (("precision", ("auto", "bf16", "fp32")),
+                              ("backend", ("auto", *BACKENDS)), ("task", tuple(TASKS))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got "
+                                 f"{getattr(self, name)!r}")
         pairs = [("train_src", "train_tgt"), ("valid_src", "valid_tgt"), ("test_src", "test_tgt")]
         for src, tgt in pairs:
             if (getattr(self, src) is None) != (getattr(self, tgt) is None):
@@ -154,3 +173,15 @@ class TrainOptions:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def changed_options(stored: dict, given: dict) -> str:
+    """Empty when a run with options ``given`` may resume one with options ``stored``
+    (only :data:`RESUMABLE` fields differ); else what differs, flag by flag."""
+    changed = [f"--{_flag(name)} {stored.get(name)!r} -> {value!r}"
+               for name, value in given.items()
+               if name not in RESUMABLE and stored.get(name) != value]
+    if not changed:
+        return ""
+    return (f"these options differ from the run's: {', '.join(changed)} (a resumed run may "
+            f"only change {', '.join(f'--{_flag(name)}' for name in RESUMABLE)})")

@@ -9,6 +9,7 @@ with a message, never the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -38,8 +39,11 @@ def _save(figure, plt, path: Path) -> Path:
 def plot_loss_curve(metrics_path, png_path, echo=print) -> Path | None:
     """Training loss (each metrics record) and validation loss against the step."""
     metrics_path, png_path = Path(metrics_path), Path(png_path)
-    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8")
-               .splitlines() if line.strip()] if metrics_path.exists() else []
+    records = []
+    if metrics_path.exists():
+        for line in metrics_path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line a crash cut short
+                records.append(json.loads(line))
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     valid = [(r["step"], r["valid_loss"]) for r in records if "valid_loss" in r]
     if not train or (plt := _pyplot(echo)) is None:

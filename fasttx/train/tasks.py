@@ -11,10 +11,14 @@
   ("one hundred twenty"): no "and", no hyphens. The number of digits is drawn uniformly
   from 1..6, so short numbers are as common as long ones.
 
-Every sequence fits the ``tiny`` preset (at most 10 source and 10 target tokens, far below
-its 64 positions with bos and eos). The same (task, num_pairs, seed) always gives the same
-pairs; other seeds give other pairs (held-out sets can still repeat training pairs where
-the task has few distinct short inputs).
+- ``cipher``: the shapes of real translation, for timing the base and big presets: words
+  of a 32,000-word vocabulary, each replaced by its partner under a fixed permutation, in
+  sentences whose lengths follow WMT's (log-normal, median 24 words, 1..200).
+
+Every sequence of the first four fits the ``tiny`` preset (at most 10 source and 10 target
+tokens, far below its 64 positions with bos and eos). The same (task, num_pairs, seed)
+always gives the same pairs; other seeds give other pairs (held-out sets can still repeat
+training pairs where the task has few distinct short inputs).
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ __all__ = ["TASKS", "SyntheticTask", "get_task", "number_to_words", "synthetic_c
 LETTERS = tuple("abcdefghij")
 MAX_LETTERS = 10
 MAX_DIGITS = 6
+CIPHER_WORDS = tuple(f"w{i}" for i in range(32_000))
+#: Partner of each cipher word: a permutation fixed once for all runs.
+_CIPHER = dict(zip(CIPHER_WORDS, random.Random(0).sample(CIPHER_WORDS, len(CIPHER_WORDS)),
+                   strict=True))
 
 _ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
          "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
@@ -111,12 +119,21 @@ def _numbers(rng: random.Random) -> tuple[str, str]:
     return " ".join(str(number)), number_to_words(number)
 
 
+def _cipher(rng: random.Random) -> tuple[str, str]:
+    # log-normal lengths: median e^3.2 = 24.5 words, 1 in 20 sentences over 60 words
+    length = min(200, max(1, round(rng.lognormvariate(3.2, 0.55))))
+    words = rng.choices(CIPHER_WORDS, k=length)
+    return " ".join(words), " ".join(_CIPHER[word] for word in words)
+
+
 TASKS: dict[str, SyntheticTask] = {task.name: task for task in (
     SyntheticTask("copy", "copy 1-10 letters a-j: 'c a b' -> 'c a b'", LETTERS, _copy),
     SyntheticTask("reverse", "reverse 1-10 letters a-j: 'c a b' -> 'b a c'", LETTERS, _reverse),
     SyntheticTask("sort", "sort 1-10 letters a-j: 'c a b' -> 'a b c'", LETTERS, _sort),
     SyntheticTask("numbers", "digits to English words: '4 0 7' -> 'four hundred seven'",
                   tuple("0123456789") + _ONES + _TENS[2:] + ("hundred", "thousand"), _numbers),
+    SyntheticTask("cipher", "32,000-word substitution, WMT-like lengths (median 24, max 200): "
+                  "to time base/big", CIPHER_WORDS, _cipher),
 )}
 
 

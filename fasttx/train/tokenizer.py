@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from fasttx.train._files import write_atomically
 
 __all__ = [
     "BOS_ID",
@@ -74,16 +75,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes :meth:`to_json` to ``path`` atomically: a crash leaves any old file whole."""
-        path = Path(path)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(self.to_json())
-            os.chmod(temporary, 0o644)  # mkstemp's 0o600 would hide the file from others
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        write_atomically(path, text=self.to_json())
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]

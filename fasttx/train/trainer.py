@@ -17,7 +17,6 @@ it was.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -31,6 +30,7 @@ import torch
 from fasttx.backends import record_selections, use_backend
 from fasttx.models import Seq2SeqTransformer, TransformerConfig
 from fasttx.train import checkpoint as ckpt
+from fasttx.train._files import write_atomically
 from fasttx.train.corpus import Corpora, load_corpora
 from fasttx.train.data import TokenBatcher, collate, collate_packed
 from fasttx.train.distributed import (
@@ -42,7 +42,7 @@ from fasttx.train.distributed import (
     wrap_model,
 )
 from fasttx.train.evaluate import Scores, evaluate
-from fasttx.train.options import RESUMABLE, TrainOptions
+from fasttx.train.options import TrainOptions, changed_options
 
 __all__ = ["NonFiniteLossError", "TrainSummary", "Trainer", "noam_lr"]
 
@@ -83,10 +83,11 @@ class TrainSummary:
 
 class _StopRequest:
     """First Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save;
-    a second Ctrl-C aborts at once."""
+    a second Ctrl-C aborts at once. ``signal`` names the first one (the loop reports it:
+    a handler must not print, it may have interrupted a print)."""
 
-    def __init__(self, echo):
-        self.requested, self._echo, self._previous = False, echo, {}
+    def __init__(self):
+        self.requested, self.signal, self._previous = False, None, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -101,9 +102,7 @@ class _StopRequest:
     def _handle(self, number, frame):
         if self.requested and number == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
-        self._echo(f"\n{signal.Signals(number).name}: stopping after this step and saving a "
-                   f"checkpoint (Ctrl-C again to abort without saving)")
+        self.requested, self.signal = True, signal.Signals(number).name
 
 
 class _Stream:
@@ -183,7 +182,10 @@ class Trainer:
         self.stream = _Stream(TokenBatcher(self.data.train.src_lengths,
                                            self.data.train.tgt_lengths, options.max_tokens,
                                            seed=options.seed), self.world, options.accum_steps)
-        self.step = 0
+        if options.num_beams >= self.config.vocab_size:
+            raise ValueError(f"--num-beams must be below the vocabulary size "
+                             f"({self.config.vocab_size}), got {options.num_beams}")
+        self.step = self.saved_step = 0
         if state is not None:
             self._restore(state)
 
@@ -191,25 +193,30 @@ class Trainer:
 
     def _load_resume_state(self) -> dict:
         state = ckpt.load_checkpoint(self.checkpoint_path)
-        stored = TrainOptions(**state["options"])
-        changed = [name for name in asdict(stored) if name not in RESUMABLE
-                   and getattr(stored, name) != getattr(self.options, name)]
+        changed = changed_options(state["options"], asdict(self.options))
         if changed:
-            listed = ", ".join(f"--{n.replace('_', '-')} {getattr(stored, n)!r} -> "
-                               f"{getattr(self.options, n)!r}" for n in changed)
-            raise ckpt.CheckpointError(
-                f"cannot resume {self.checkpoint_path} with different training options "
-                f"({listed}); only {', '.join(RESUMABLE)} may change")
+            raise ckpt.CheckpointError(f"cannot resume {self.checkpoint_path}: {changed}")
         if state["world_size"] != self.world.world_size:
             raise ckpt.CheckpointError(
                 f"{self.checkpoint_path} was written by {state['world_size']} processes; "
                 f"resume it with as many (got {self.world.world_size}) to keep its data order")
         return state
 
+    def _data_size(self) -> dict:
+        """What identifies the training data (a resumed run must see the same)."""
+        train = self.data.train
+        return {"pairs": len(train), "tokens": int(train.src_lengths.sum()
+                                                   + train.tgt_lengths.sum())}
+
     def _restore(self, state: dict) -> None:
+        if state["data_size"] != self._data_size():
+            raise ckpt.CheckpointError(
+                f"the training data differs from the data {self.checkpoint_path} was trained "
+                f"on ({self._data_size()} now, {state['data_size']} then): its data position "
+                f"would point elsewhere")
         load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
         self.stream.seek(state["data_position"])
         ckpt.restore_rng(state["rng"][self.world.rank], self.device)
         if self.world.is_main:  # drop records of steps after the checkpoint (a crashed run)
@@ -230,8 +237,7 @@ class Trainer:
         if self.options.pack:
             return collate_packed(self.data.train, indices).to(self.device), tokens
         src, tgt = collate(self.data.train, indices, self.config.pad_id)
-        return (src.to(self.device, non_blocking=True),
-                tgt.to(self.device, non_blocking=True)), tokens
+        return (src.to(self.device), tgt.to(self.device)), tokens
 
     def train_step(self) -> tuple[float, int]:
         """One optimizer step; returns (loss per target token over all ranks, target tokens
@@ -268,12 +274,14 @@ class Trainer:
         if self.world.is_main:
             ckpt.save_checkpoint(self.checkpoint_path, {
                 "format": ckpt.FORMAT, "step": self.step,
-                "data_position": self.stream.position, "model": model_state,
+                "data_position": self.stream.position, "data_size": self._data_size(),
+                "model": model_state,
                 "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "world_size": self.world.world_size,
                 "options": asdict(self.options), "model_config": asdict(self.config),
                 "tokenizer": self.data.tokenizer.to_json()})
         self.world.barrier()
+        self.saved_step = self.step
         return self.checkpoint_path
 
     def evaluate(self, split: str, num_beams: int, limit: int | None = None) -> Scores | None:
@@ -302,32 +310,37 @@ class Trainer:
         window = _Window()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        backend = use_backend(options.backend) if options.backend else contextlib.nullcontext()
-        with backend, record_selections() as backends, _StopRequest(self.echo) as stop:
+        with use_backend(options.backend), record_selections() as backends, \
+                _StopRequest() as stop:
             self.model.train()
             while self.step < options.max_steps:
                 (requested,) = world.sum([float(stop.requested)])  # every rank stops together
                 if requested:
                     summary.status = "interrupted"
+                    self.echo(f"\n{stop.signal or 'stop requested'}: stopping after step "
+                              f"{self.step}")
                     break
-                start = time.perf_counter()
+                epoch, start = self.stream.epoch, time.perf_counter()
                 try:
                     loss, tokens = self.train_step()
                 except NonFiniteLossError as error:
                     summary.status = "non-finite"
+                    last = (f"{self.checkpoint_path} (step {self.saved_step})"
+                            if self.saved_step else "none (no checkpoint was written yet)")
                     self.echo(f"\nstopping: {error}. Nothing was updated; the last good "
-                              f"checkpoint is {self._last_checkpoint_note()}. Lower "
-                              f"--lr-factor, raise --warmup or use --precision fp32.")
+                              f"checkpoint is {last}. Lower --lr-factor, raise --warmup or "
+                              f"use --precision fp32.")
                     break
                 seconds = time.perf_counter() - start
                 summary.losses.append(loss)
                 summary.step_seconds.append(seconds)
                 summary.step_tokens.append(tokens)
-                window.add(loss, tokens, seconds)
+                window.add(loss, tokens, seconds, epoch)
                 bar.update(1)
-                if self.step % options.log_every == 0 or self.step == options.max_steps:
-                    record = window.record(self.step, self.scheduler.get_last_lr()[0],
-                                           self.stream.epoch)
+                will_save = save and options.save_every and self.step % options.save_every == 0
+                if self.step % options.log_every == 0 or self.step == options.max_steps \
+                        or will_save:  # a record ends at every checkpoint: resumes align
+                    record = window.record(self.step, self.scheduler.get_last_lr()[0])
                     metrics.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}",
                                     tok_s=f"{record['tokens_per_s']:,.0f}",
@@ -336,11 +349,15 @@ class Trainer:
                 if evaluate and options.eval_every and self.step % options.eval_every == 0 \
                         and self.step < options.max_steps:
                     summary.valid = self._validate(metrics, bar)
-                if save and options.save_every and self.step % options.save_every == 0:
+                if will_save:
                     summary.checkpoint = str(self.save())
             bar.close()
-            if save and summary.status != "non-finite":
+            if window.tokens:  # the steps since the last record (an early stop)
+                metrics.write(window.record(self.step, self.scheduler.get_last_lr()[0]))
+            if save and summary.status != "non-finite" and self.saved_step != self.step:
                 summary.checkpoint = str(self.save())
+            elif save and self.saved_step:
+                summary.checkpoint = str(self.checkpoint_path)
             if summary.status == "interrupted":
                 self.echo(f"interrupted at step {self.step}"
                           + (f": saved {self.checkpoint_path}; continue with --resume"
@@ -382,26 +399,23 @@ class Trainer:
                 self.echo(f"  {source!r} -> {hypothesis!r} (reference {reference!r})")
         return scores
 
-    def _last_checkpoint_note(self) -> str:
-        if not self.checkpoint_path.exists():
-            return "none (no checkpoint was written yet)"
-        step = ckpt.load_checkpoint(self.checkpoint_path)["step"]
-        return f"{self.checkpoint_path} (step {step})"
-
 
 class _Window:
     """Loss and throughput over the steps since the last metrics record."""
 
     def __init__(self):
         self.loss_sum = self.tokens = self.seconds = 0.0
+        self.epoch = 0
 
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
+    def add(self, loss: float, tokens: int, seconds: float, epoch: int) -> None:
+        """One step's loss, tokens and time; ``epoch``: the epoch its batches came from."""
         self.loss_sum += loss * tokens
         self.tokens += tokens
         self.seconds += seconds
+        self.epoch = epoch
 
-    def record(self, step: int, lr: float, epoch: int) -> dict:
-        return {"step": step, "epoch": epoch, "loss": self.loss_sum / max(self.tokens, 1),
+    def record(self, step: int, lr: float) -> dict:
+        return {"step": step, "epoch": self.epoch, "loss": self.loss_sum / max(self.tokens, 1),
                 "lr": lr, "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
                 "tokens": int(self.tokens)}
 
@@ -422,11 +436,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Keeps the records of steps <= ``step`` (those after the checkpoint are redone)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    temporary = path.with_suffix(".jsonl.tmp")
-    temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    temporary.replace(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines
+            if (record := _parse(line)) is not None and record.get("step", step + 1) <= step]
+    write_atomically(path, text="".join(line + "\n" for line in kept))
+
+
+def _parse(line: str) -> dict | None:
+    """A metrics record, or None for a line a crash cut short."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _progress(options: TrainOptions, world: World, initial: int):

@@ -26,7 +26,8 @@ def test_help_explains_every_option_and_the_exit_codes(capsys):
                  "--resume", "--seed", "--train-src", "--pack", "--accum-steps", "--fsdp",
                  "--compare-backends", "--num-beams", "--clip-norm", "--warmup"):
         assert flag in text
-    assert "copy,numbers,reverse,sort" in text.replace(" ", "")
+    assert "cipher,copy,numbers,reverse,sort" in text.replace(" ", "")
+    assert "digits to English words" in text  # each task described
     assert "130 interrupted" in text and "3 stopped on a NaN" in text
 
 
@@ -122,7 +123,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_CODES["interrupted"], output
-    assert "SIGINT: stopping after this step" in output
+    assert "SIGINT: stopping after step" in output
     step = ckpt.load_checkpoint(out / "checkpoint.pt")["step"]
     assert step >= 1 and f"interrupted at step {step}" in output
     assert main(["--resume", "--out", str(out), "--max-steps", str(step + 1),

@@ -11,6 +11,7 @@ import torch
 
 from fasttx.train import NonFiniteLossError, Trainer, noam_lr
 from fasttx.train import checkpoint as ckpt
+from fasttx.train.data import DataError
 from fasttx.train.distributed import LossForward
 from fasttx.train.tasks import TASKS
 from tests.train.conftest import read_metrics, step_losses
@@ -72,12 +73,23 @@ def test_resume_continues_to_the_same_losses(quick_options, tmp_path):
     assert step_losses(tmp_path / "resumed") == step_losses(tmp_path / "straight")
 
 
+def test_resume_between_records_gives_the_same_records(quick_options, tmp_path):
+    """Records end at every checkpoint, so windows of log_every > 1 steps line up."""
+    straight = quick_options(max_steps=8, log_every=3, save_every=4, out=str(tmp_path / "a"))
+    _run(straight, evaluate=False)
+    first = quick_options(max_steps=4, log_every=3, save_every=4, out=str(tmp_path / "b"))
+    _run(first, evaluate=False)
+    _run(dataclasses.replace(first, max_steps=8, resume=True), evaluate=False)
+    assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
+    assert [step for step, _ in step_losses(tmp_path / "a")] == [3, 4, 6, 8]
+
+
 def test_resume_drops_metrics_recorded_after_the_checkpoint(quick_options, tmp_path):
     options = quick_options(max_steps=4)
     _run(options)
     out = tmp_path / "run"
     with (out / "metrics.jsonl").open("a") as file:  # a crash after step 4's checkpoint
-        file.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+        file.write(json.dumps({"step": 5, "loss": 1.0}) + "\n" + '{"step": 6, "lo')
     _run(dataclasses.replace(options, max_steps=6, resume=True))
     steps = [step for step, _ in step_losses(out)]
     assert steps == [1, 2, 3, 4, 5, 6]
@@ -99,6 +111,16 @@ def test_a_new_run_never_overwrites_an_existing_one(quick_options, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="already holds a run .*--resume"):
         Trainer(options)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_an_evaluation_split_that_does_not_fit_is_an_error(tmp_path, quick_options):
+    for split in ("train", "valid"):
+        (tmp_path / f"{split}.src").write_text("a b\n" if split == "train" else "a " * 80 + "\n")
+        (tmp_path / f"{split}.tgt").write_text("c d\n")
+    files = {f"{split}_{side}": str(tmp_path / f"{split}.{side}")
+             for split in ("train", "valid") for side in ("src", "tgt")}
+    with pytest.raises(DataError, match=r"valid\.src: every one of its 1 pairs is longer"):
+        Trainer(quick_options(vocab_size=20, max_len=10, **files))
 
 
 def test_packed_batches_train_like_padded_ones(quick_options, tmp_path):
@@ -149,19 +171,17 @@ def test_non_finite_loss_stops_before_updating_and_keeps_the_checkpoint(
     assert all(p.grad is None for p in trainer.model.parameters())
 
 
-def test_train_step_raises_on_an_infinite_gradient(quick_options, monkeypatch):
+def test_train_step_raises_on_an_infinite_gradient_with_a_finite_loss(quick_options):
     trainer = Trainer(quick_options())
-    forward = LossForward.forward
-    monkeypatch.setattr(LossForward, "forward",
-                        lambda self, batch: _scaled(forward(self, batch), float("inf")))
-    with pytest.raises(NonFiniteLossError, match="at step 1"):
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    weight = next(trainer.model.encoder[0].ffn.parameters())
+    weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    with pytest.raises(NonFiniteLossError,
+                       match=r"loss is [0-9.]+ \(gradient norm inf\) at step 1"):
         trainer.train_step()
     assert trainer.step == 0
-
-
-def _scaled(out, factor):
-    out.loss = out.loss * factor
-    return out
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
 
 
 def test_stop_request_saves_after_the_current_step(quick_options, tmp_path, monkeypatch):
