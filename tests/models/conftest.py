@@ -5,6 +5,8 @@ import contextlib
 import pytest
 import torch
 
+import fasttx.reference
+
 
 @contextlib.contextmanager
 def _one_thread():
@@ -24,3 +26,24 @@ def one_thread():
     Session-scoped so module-scoped fixtures (a model trained once per module) can use it.
     """
     return _one_thread
+
+
+@pytest.fixture
+def count_reference_calls(monkeypatch):
+    """``calls = count_reference_calls("attention", ...)``: from then on, calls[op] counts
+    the calls of the reference backend's ``<op>_forward``."""
+
+    def start(*ops):
+        calls = dict.fromkeys(ops, 0)
+        for op in ops:
+            module = getattr(fasttx.reference, op)
+            original = getattr(module, f"{op}_forward")
+
+            def counting(*args, _op=op, _original=original, **kwargs):
+                calls[_op] += 1
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, f"{op}_forward", counting)
+        return calls
+
+    return start

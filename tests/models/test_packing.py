@@ -115,16 +115,8 @@ def test_packed_loss_matches_padded_under_triton(one_thread):
         check_packed_matches_padded(model, src, tgt, rtol=1e-3, atol=1e-4)
 
 
-def test_packed_path_attends_through_varlen_attention_only(monkeypatch):
-    calls = {"attention": 0, "varlen_attention": 0}
-    for op in calls:
-        module = getattr(fasttx.reference, op)
-        original = getattr(module, f"{op}_forward")
-
-        def counting(*args, _op=op, _original=original, **kwargs):
-            calls[_op] += 1
-            return _original(*args, **kwargs)
-        monkeypatch.setattr(module, f"{op}_forward", counting)
+def test_packed_path_attends_through_varlen_attention_only(count_reference_calls):
+    calls = count_reference_calls("attention", "varlen_attention")
     model = make_model().eval()
     with torch.no_grad(), fasttx.use_backend("reference"):
         model.loss_packed(PackedBatch.from_sequences(*random_pairs(3)))

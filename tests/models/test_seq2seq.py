@@ -175,16 +175,8 @@ def test_dropout_only_in_training_mode():
     assert not torch.allclose(model(src, tgt[:, :-1]), eval_logits)
 
 
-def test_every_kernel_goes_through_fasttx(monkeypatch):
-    calls = {"attention": 0, "add_layer_norm": 0, "feed_forward": 0}
-    for op in calls:
-        module = getattr(fasttx.reference, op)
-        original = getattr(module, f"{op}_forward")
-
-        def counting(*args, _op=op, _original=original, **kwargs):
-            calls[_op] += 1
-            return _original(*args, **kwargs)
-        monkeypatch.setattr(module, f"{op}_forward", counting)
+def test_every_kernel_goes_through_fasttx(count_reference_calls):
+    calls = count_reference_calls("attention", "add_layer_norm", "feed_forward")
     model = make_model(dtype=torch.float32)
     src, tgt = make_batch(model)
     with fasttx.use_backend("reference"):
