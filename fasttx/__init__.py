@@ -8,7 +8,8 @@
 
 Each takes ``backend=`` ("reference" | "triton" | "cuda" | "auto"); ``fasttx.use_backend``
 sets the default for a block and ``fasttx.available_backends()`` says what this machine
-can run. Modules live in ``fasttx.nn``, the bundled model in ``fasttx.models``.
+can run. Modules live in ``fasttx.nn``, the bundled model in ``fasttx.models``;
+``fasttx.patch_torch()`` routes ``F.scaled_dot_product_attention`` through fasttx.
 """
 
 from fasttx import random  # noqa: I001 - the ops must be registered before nn and models
@@ -20,6 +21,7 @@ from fasttx.backends import (
 )
 from fasttx.ops import add_layer_norm, feed_forward, scaled_dot_product_attention, varlen_attention
 from fasttx import models, nn
+from fasttx.patching import patch_torch, unpatch_torch
 
 __version__ = "0.1.0"
 
@@ -31,8 +33,10 @@ __all__ = [
     "feed_forward",
     "models",
     "nn",
+    "patch_torch",
     "random",
     "scaled_dot_product_attention",
+    "unpatch_torch",
     "use_backend",
     "varlen_attention",
 ]
