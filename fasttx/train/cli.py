@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))  # exits with 2 and the usage
     try:
         return _run(options)
-    except (DataError, CheckpointError, BackendUnavailableError, ImportError,
-            ValueError) as error:  # what the data, checkpoint or options can get wrong
+    except (DataError, CheckpointError, BackendUnavailableError, ImportError, ValueError,
+            OSError) as error:  # what the data, checkpoint, options or disk can get wrong
         print(f"fasttx-train: error: {error}", file=sys.stderr)
         return EXIT_CODES["error"]
     except KeyboardInterrupt:  # outside the training loop: setup, the final evaluation

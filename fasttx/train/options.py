@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 from fasttx.models.config import PRESETS
 
 __all__ = ["PRESET_DEFAULTS", "RESUMABLE", "TrainOptions", "changed_options"]
@@ -155,6 +157,15 @@ class TrainOptions:
         if self.uses_files and self.vocab_size < 5:
             raise ValueError(f"--vocab-size must be at least 5 (4 special tokens and one "
                              f"more), got {self.vocab_size}")
+        if self.device is not None:
+            try:
+                device = torch.device(self.device)
+            except RuntimeError as error:
+                raise ValueError(f"--device must be a torch device such as cpu, cuda or "
+                                 f"cuda:1, got {self.device!r}") from error
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"--device {self.device}: this torch build or machine has "
+                                 f"no CUDA GPU")
         from fasttx.backends import BACKENDS
         from fasttx.train.tasks import TASKS
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from fasttx.train import TrainOptions
 
@@ -24,12 +23,10 @@ def quick_options(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _train_on_one_thread(one_thread):
     """The tiny model trains fastest on one thread (and two are slower on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def read_metrics(out) -> list[dict]:

@@ -48,6 +48,8 @@ def test_console_script_and_module_entry_points_exist():
     (["--task", "translate"], "invalid choice: 'translate'"),
     (["--lr-factor", "-1"], "--lr-factor must be positive"),
     (["--valid-src", "a", "--valid-tgt", "b"], "need --train-src"),
+    (["--device", "gpu"], "--device must be a torch device"),
+    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
 ])
 def test_bad_options_exit_2_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -100,6 +102,12 @@ def test_bad_data_files_exit_2_naming_file_and_line(src, tgt, message, tmp_path,
                  str(tmp_path / "tgt.txt"), "--out", str(tmp_path / "run"), *QUICK_ARGS])
     assert code == EXIT_CODES["error"]
     assert re.search(message, capsys.readouterr().err), message
+
+
+def test_an_out_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    assert main(["--out", str(tmp_path / "taken"), *QUICK_ARGS]) == EXIT_CODES["error"]
+    assert "taken" in capsys.readouterr().err
 
 
 def test_missing_data_file_exits_2(tmp_path, capsys):
