@@ -10,15 +10,13 @@ mask alone is given: it becomes a (N, 1, 1, S) mask that the kernel broadcasts.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import constant_, xavier_normal_, xavier_uniform_
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from fasttx.ops.attention import scaled_dot_product_attention
+from fasttx.ops.attention import attention_probabilities, scaled_dot_product_attention
 
 __all__ = ["MultiheadAttention"]
 
@@ -168,7 +166,7 @@ class MultiheadAttention(nn.Module):
         out = out if batched else out.squeeze(0)
         if not need_weights:
             return out, None
-        weights = _attention_weights(q, k, mask, is_causal)
+        weights = attention_probabilities(q, k, mask, is_causal)
         if average_attn_weights:
             weights = weights.mean(dim=1)
         return out, weights if batched else weights.squeeze(0)
@@ -299,17 +297,3 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return mask
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask,
                                                                                 float("-inf"))
-
-
-def _attention_weights(q, k, mask, is_causal) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D) + masks) (N, H, L, S), explicitly; fully masked rows are zero."""
-    scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    if mask is not None:
-        scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
-                  else scores + mask)
-    if is_causal:
-        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    # Zero the empty rows before the softmax so that neither values nor gradients are NaN.
-    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)

@@ -154,3 +154,32 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         mask_needs_grad=mask is not None and mask.requires_grad)
     out, _ = attention_forward(q, k, v, mask, seed, dropout_p, is_causal, scale, name)
     return out.reshape(*batch, heads, len_q, value.shape[-1])
+
+
+def attention_probabilities(query, key, attn_mask=None, is_causal=False, scale=None):
+    """The attention weights, computed explicitly: a slower path for callers that must
+    return them (``MultiheadAttention(need_weights=True)``, Hugging Face's
+    ``output_attentions``). Differentiable by plain autograd.
+
+    Args:
+        query: (N..., H, Lq, E); key: (N..., Hk, Lk, E) with Hk dividing H.
+        attn_mask, is_causal, scale: as in :func:`scaled_dot_product_attention`.
+
+    Returns:
+        (N..., H, Lq, Lk) softmax(q k^T * scale + masks) in query's dtype, before any
+        dropout; a row that may attend to no key is zero (not NaN).
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    heads, kv_heads = query.shape[-3], key.shape[-3]
+    if kv_heads != heads:  # grouped-query attention: each key head serves H / Hk query heads
+        key = key.repeat_interleave(heads // kv_heads, dim=-3)
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if attn_mask is not None:
+        scores = (scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
+                  else scores + attn_mask)
+    if is_causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    # Zero the empty rows before the softmax so that neither values nor gradients are NaN.
+    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
