@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test check-cuda bench report lint clean
+.PHONY: setup demo test test-transformers-4.5x check-cuda bench report lint clean
 
 # --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
 # torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
@@ -20,11 +20,22 @@ demo: setup
 	$(PYTHON) -m fasttx
 
 # The whole test suite; GPU-only tests skip themselves on CPU. pytest's exit code 5
-# ("no tests collected") is reported as a failure: an empty run proves nothing.
+# ("no tests collected") is reported as a failure: an empty run proves nothing. Then the
+# Hugging Face integration's tests once more on the transformers 4.5x line.
 test: setup
 	@status=0; $(PYTHON) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; fi; \
 	exit $$status
+	$(MAKE) --no-print-directory test-transformers-4.5x
+
+# tests/integrations against transformers 4.57 (the suite above has the newest release):
+# it and the hub client and tokenizers it accepts go to a side folder, first on PYTHONPATH.
+HF_4_5X = "transformers==4.57.6" "huggingface_hub>=0.34,<1.0" "tokenizers>=0.22,<=0.23.0"
+HF_4_5X_DIR = build/transformers-4.5x
+test-transformers-4.5x:
+	$(PYTHON) -m pip install --quiet --no-deps --upgrade --target $(HF_4_5X_DIR) $(HF_4_5X)
+	PYTHONPATH=$(HF_4_5X_DIR) $(PYTHON) -c "import transformers as t; assert t.__version__.startswith('4.5'), t.__version__"
+	PYTHONPATH=$(HF_4_5X_DIR) $(PYTHON) -m pytest $(PYTEST_ARGS) -p no:cacheprovider tests/integrations
 
 # Compile every csrc/ source for sm_80 and sm_90a with nvcc (no GPU needed), so a kernel
 # that does not compile fails CI on a CPU machine. Fetches the CUDA library headers a CPU
