@@ -14,7 +14,7 @@ import importlib
 from types import ModuleType
 
 #: The op modules, in the order they run and are reported.
-OPS = ("attention", "add_layer_norm", "feed_forward", "model")
+OPS = ("attention", "add_layer_norm", "feed_forward", "model", "dropin")
 
 
 def load(op: str) -> ModuleType:

@@ -8,10 +8,12 @@ all of them:
   ``CPU_PROVIDERS`` (those the CPU smoke profile runs); ``ORACLES`` (providers whose
   forward output the others are checked against: the first that runs); ``FLOORS``
   (providers that are a bound, not a peer, such as the bare matmuls); ``PLOTS`` (the
-  report's :class:`Plot` list);
+  report's :class:`Plot` list); optionally ``FASTTX_PROVIDERS`` (fasttx's own providers
+  when they are not named ``fasttx-triton`` / ``fasttx-cuda``: the report's columns);
 - ``cases(profile)``: the :class:`Case` list of a profile ("full", "quick", "smoke");
 - ``make_inputs(case, device, seed)``: one :class:`InputSet`;
-- ``provider(case, name, device)``: a :class:`Provider`, or raises :class:`Unavailable`.
+- ``provider(case, name, device)``: a :class:`Provider`, or raises :class:`Unavailable`
+  (:class:`NotApplicable` for a provider of another sweep's model).
 
 Timing follows the field: CUDA events around each call, the L2 cache flushed before each,
 input sets rotated, a warm-up, then the median with the 20th and 80th percentiles of as
@@ -49,6 +51,12 @@ L2_FLUSH_BYTES = 256 * 2**20
 
 class Unavailable(Exception):
     """A provider that can't run a case here: the message says why (shown in the results)."""
+
+
+class NotApplicable(Unavailable):
+    """A provider that has nothing to do with the case (an op module whose sweeps time
+    different models, each with its own providers): its row's note starts with "n/a:" and
+    the report leaves such rows out."""
 
 
 class MismatchError(AssertionError):
@@ -372,10 +380,15 @@ class DeviceError(RuntimeError):
     run in this process, and the results so far are kept."""
 
 
+#: The start of the note of a provider that does not apply to the case (NotApplicable).
+NOT_APPLICABLE = "n/a:"
+
+
 def failure_note(error: BaseException, device: str = "cpu") -> str:
     """The note of a provider that did not run or was wrong: "wrong output: ...",
-    "out of memory", or "skipped: <reason>". Raises :class:`DeviceError` instead when
-    the error has left the GPU unusable (checked, not guessed from the message)."""
+    "out of memory", "n/a: <reason>" (:class:`NotApplicable`) or "skipped: <reason>".
+    Raises :class:`DeviceError` instead when the error has left the GPU unusable (checked,
+    not guessed from the message)."""
     if device == "cuda" and not _device_usable():
         raise DeviceError(f"the GPU is unusable after {type(error).__name__}: "
                           f"{str(error).strip()[:300]}") from error
@@ -384,6 +397,8 @@ def failure_note(error: BaseException, device: str = "cpu") -> str:
         return f"wrong output: {error}"
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return "out of memory"
+    if isinstance(error, NotApplicable):
+        return f"{NOT_APPLICABLE} {error}"
     reason = (str(error).strip().splitlines() or [""])[0]
     if not isinstance(error, Unavailable) and type(error).__name__ != "BackendUnavailableError":
         reason = f"{type(error).__name__}: {reason}"

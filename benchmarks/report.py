@@ -9,8 +9,10 @@ and sweep a table: each fasttx backend's time and rate, the best peer's, and the
 of the fasttx backend over that peer) and one PNG per plot the op module declares
 (``<suite>-<plot>.png``). Peers are every provider that is neither fasttx's
 (``fasttx-*``, the reference included: it is plain PyTorch and counts as a peer) nor a
-floor (a bound such as the bare matmuls). Results of a CPU run are labelled as a smoke
-check and never reach the README.
+floor (a bound such as the bare matmuls); an op module may name its own fasttx providers
+(``FASTTX_PROVIDERS``: the drop-in benchmark's ``fasttx-nn-triton``, ``hf-fasttx``).
+Rows of providers that do not apply to their case ("n/a: ...") are left out. Results of
+a CPU run are labelled as a smoke check and never reach the README.
 """
 
 from __future__ import annotations
@@ -54,20 +56,37 @@ def floors_of(op: str) -> tuple[str, ...]:
     return load(op).FLOORS if op in OPS else ()
 
 
-def best_peer(providers: dict[str, dict], floors: Iterable[str]) -> dict | None:
-    """The fastest timed provider that is neither a fasttx kernel backend nor a floor
+def fasttx_of(op: str) -> tuple[str, ...]:
+    """The op's own fasttx providers: its ``FASTTX_PROVIDERS`` (the drop-in modules'
+    ``fasttx-nn-triton``, ``hf-fasttx``, ...), else fasttx-triton and fasttx-cuda."""
+    return getattr(load(op), "FASTTX_PROVIDERS", FASTTX_BACKENDS) if op in OPS \
+        else FASTTX_BACKENDS
+
+
+def applicable(rows: Iterable[dict]) -> list[dict]:
+    """``rows`` without those of providers that do not apply to their case (a note
+    "n/a: ...": another sweep's model)."""
+    return [row for row in rows
+            if not (row.get("note") or "").startswith(harness.NOT_APPLICABLE)]
+
+
+def best_peer(providers: dict[str, dict], floors: Iterable[str],
+              ours: Iterable[str] = FASTTX_BACKENDS) -> dict | None:
+    """The fastest timed provider that is neither one of fasttx's (``ours``) nor a floor
     (fasttx's reference, plain PyTorch, is a peer)."""
+    ours, floors = tuple(ours), tuple(floors)
     peers = [row for name, row in providers.items() if row["median_ms"] is not None
-             and name not in FASTTX_BACKENDS and name not in floors]
+             and name not in ours and name not in floors]
     return min(peers, key=lambda row: row["median_ms"], default=None)
 
 
 def speedups(rows: list[dict], backend: str) -> list[float]:
     """The backend's speedup over the best peer (peer time / its time), case by case."""
     found = []
+    op = rows[0]["op"]
     for providers in group_cases(rows).values():
         ours = providers.get(backend)
-        peer = best_peer(providers, floors_of(rows[0]["op"]))
+        peer = best_peer(providers, floors_of(op), fasttx_of(op))
         if ours and peer and ours["median_ms"] is not None:
             found.append(peer["median_ms"] / ours["median_ms"])
     return found
@@ -111,15 +130,16 @@ def sweep_table(rows: list[dict]) -> str:
     """One sweep's table: a line per case (shape, mode, dtype); each fasttx backend's
     time and rate, the best peer's, and the speedups over it."""
     cases = group_cases(rows)
-    floors = floors_of(rows[0]["op"])
+    floors, fasttx_providers = floors_of(rows[0]["op"]), fasttx_of(rows[0]["op"])
     keys = _varying_keys(cases)
-    backends = [b for b in FASTTX_BACKENDS if any(r["provider"] == b for r in rows)]
+    backends = [b for b in fasttx_providers if any(r["provider"] == b for r in rows)]
     unit = next((METRICS[m] for m in METRICS if any(r.get(m) is not None for r in rows)), "")
-    header = [*keys, "mode", "dtype", *backends, "best peer", *[f"{b[7:]} ×" for b in backends]]
+    header = [*keys, "mode", "dtype", *backends, "best peer",
+              *[f"{b.removeprefix('fasttx-')} ×" for b in backends]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (_, mode, dtype, shape), providers in cases.items():
         shape = json.loads(shape)
-        peer = best_peer(providers, floors)
+        peer = best_peer(providers, floors, fasttx_providers)
         cells = [str(shape.get(k)) for k in keys] + [mode, dtype]
         cells += [_timed_cell(providers.get(b)) for b in backends]
         cells.append(f"{peer['provider']}: {_timed_cell(peer)}" if peer else "none ran")
@@ -176,8 +196,9 @@ def environment_lines(env: dict) -> str:
 
 
 def op_markdown(data: dict, *, details: bool = False) -> str:
-    """One results file as Markdown: its environment, then a table per sweep."""
-    rows = data["results"]
+    """One results file as Markdown: its environment, then a table per sweep (the rows of
+    providers that do not apply to their case left out)."""
+    rows = applicable(data["results"])
     if not rows:
         return "(no results)"
     op = rows[0]["op"]
@@ -307,7 +328,7 @@ def readme_section(folder: Path | None, readme: Path) -> str:
     parts = []
     for path in result_files(folder):
         data = harness.load_results(path)
-        rows = data["results"]
+        rows = applicable(data["results"])
         if not rows or not data["env"].get("gpu"):
             continue
         if not parts:
@@ -317,7 +338,7 @@ def readme_section(folder: Path | None, readme: Path) -> str:
                  "(min–max) | cases |", "|---|---|---|---|---|"]
         for sweep in dict.fromkeys(row["sweep"] for row in rows):
             sweep_rows = [row for row in rows if row["sweep"] == sweep]
-            for backend in FASTTX_BACKENDS:
+            for backend in fasttx_of(rows[0]["op"]):
                 found = speedups(sweep_rows, backend)
                 if found:
                     lines.append(f"| {rows[0]['op']} | {sweep} | {backend} | "
