@@ -227,9 +227,15 @@ def _causal_hint(mask: torch.Tensor | None, is_causal: bool | None, size: int):
     With ``is_causal=None`` a mask equal to ``generate_square_subsequent_mask(size)`` (in its
     dtype) is detected, and then dropped in favour of ``is_causal=True``: the fused kernels
     skip the masked blocks instead of reading a mask. An explicit hint is passed on as is.
+
+    Under ``torch.compile`` the detection is skipped and the mask kept (applying it gives the
+    same result, only slower): comparing its values would make the graph depend on data, a
+    graph break that ``fullgraph=True`` refuses. Pass ``is_causal=True`` to get the fast path.
     """
     if is_causal is not None or mask is None:
         return mask, bool(is_causal)
+    if torch.compiler.is_compiling():
+        return mask, False
     causal = Transformer.generate_square_subsequent_mask(size, device=mask.device,
                                                          dtype=mask.dtype)
     if mask.shape == causal.shape and not mask.requires_grad and bool((mask == causal).all()):
@@ -253,7 +259,8 @@ class TransformerEncoder(nn.Module):
     and ``mask_check`` are accepted and ignored: padding is handled by broadcast masks.
 
     forward(src, mask=None, src_key_padding_mask=None, is_causal=None): shapes as
-    :class:`TransformerEncoderLayer`; ``is_causal=None`` detects a causal ``mask``.
+    :class:`TransformerEncoderLayer`; ``is_causal=None`` detects a causal ``mask`` (in eager
+    mode: under torch.compile the mask is applied as given).
     """
 
     __constants__ = ["norm"]
@@ -288,7 +295,7 @@ class TransformerDecoder(nn.Module):
     forward(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
             memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):
         shapes as :class:`TransformerDecoderLayer`; ``tgt_is_causal=None`` detects a causal
-        ``tgt_mask``.
+        ``tgt_mask`` (in eager mode: under torch.compile the mask is applied as given).
     """
 
     __constants__ = ["norm"]

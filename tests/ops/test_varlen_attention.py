@@ -80,8 +80,6 @@ def test_gradcheck():
                                                          0.2, True, 0.5, "reference")[0]
 
     assert torch.autograd.gradcheck(fn, (q, k, v))
-    torch.library.opcheck(torch.ops.fasttx.varlen_attention_forward.default,
-                          (q, k, v, cu_q, cu_k, max_q, max_k, seed, 0.2, True, 0.5, "reference"))
 
 
 @pytest.mark.parametrize("change,word", [

@@ -262,7 +262,7 @@ def test_strided_inputs_are_read_in_place():
                                torch.autograd.grad(expected.sum(), x)[0])
 
 
-def test_compiles_fullgraph_and_passes_opcheck():
+def test_compiles_fullgraph():
     q, k, v = attention_inputs(2, 2, 9, 12, 16, device=DEVICE, requires_grad=True, seed=15)
     mask = torch.randn(2, 1, 9, 12, device=DEVICE, requires_grad=True)
 
@@ -276,9 +276,6 @@ def test_compiles_fullgraph_and_passes_opcheck():
     for got, want in zip(torch.autograd.grad(out.sum(), (q, k, v, mask)),
                          torch.autograd.grad(expected.sum(), (q, k, v, mask)), strict=True):
         torch.testing.assert_close(got, want)
-    torch.library.opcheck(torch.ops.fasttx.attention_forward.default,
-                          (q, k, v, mask.expand(2, 2, 9, 12), philox.draw_seed(DEVICE), 0.1,
-                           True, 0.3, "triton"))
 
 
 @pytest.mark.parametrize("change,word", [

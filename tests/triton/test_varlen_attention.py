@@ -96,13 +96,6 @@ def test_packed_equals_padded_with_dropout(is_causal):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_opcheck():
-    q, k, v, cu_q, cu_k, max_q, max_k = packed_inputs([3, 5], [4, 2], 2, 1, 16, torch.float32)
-    torch.library.opcheck(torch.ops.fasttx.varlen_attention_forward.default,
-                          (q, k, v, cu_q, cu_k, max_q, max_k, torch.tensor([3], device=DEVICE),
-                           0.2, True, 0.5, "triton"))
-
-
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("is_causal", [False, True])
