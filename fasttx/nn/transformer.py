@@ -18,7 +18,8 @@ In pre-norm the add of one sub-layer and the norm of the next are a single fused
 (``add_layer_norm(..., return_residual=True)``); only the last residual add is plain torch.
 
 Differences from torch.nn: no NestedTensor fast path (``enable_nested_tensor`` is accepted and
-ignored); ``is_causal=True`` without a mask applies the causal mask instead of raising; fully
+ignored); ``is_causal=True`` (``tgt_is_causal``) is trusted as torch's hint that the mask is the
+causal mask, which is applied without reading the mask, and needs no mask (torch raises); fully
 masked query rows give zeros instead of NaN; bad inputs raise ValueError/TypeError; the
 activation must be ReLU or GELU (the ones the fused FFN implements).
 """
@@ -94,6 +95,11 @@ class _LayerOps(nn.Module):
 
     def _attend(self, attention: MultiheadAttention, x, memory, attn_mask, key_padding_mask,
                 is_causal):
+        if is_causal:
+            # torch's contract: the hint says attn_mask *is* the causal mask. Trusting it, the
+            # kernels skip the masked tiles and read the padding as one broadcast row instead
+            # of a (N, 1, L, L) merge of both masks.
+            attn_mask = None
         return attention(x, memory, memory, attn_mask=attn_mask,
                          key_padding_mask=key_padding_mask, need_weights=False,
                          is_causal=is_causal)[0]

@@ -150,6 +150,24 @@ def test_decoder_layer_causal_without_mask():
                     reference_kwargs={"tgt_mask": causal, "tgt_is_causal": True})
 
 
+def test_causal_hint_replaces_the_mask(monkeypatch):
+    """With tgt_is_causal=True the causal flag and the padding row reach the attention, not
+    a merged (N, 1, T, T) mask (torch's hint contract; the result is the same)."""
+    reference, module = _load(*_layer_pair("TransformerDecoderLayer"))
+    calls = []
+    original = fnn.MultiheadAttention.forward
+
+    def spy(self, *args, **kwargs):
+        calls.append((kwargs["attn_mask"], kwargs["is_causal"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fnn.MultiheadAttention, "forward", spy)
+    causal = nn.Transformer.generate_square_subsequent_mask(T, dtype=DT)
+    _assert_matches(reference, module, (_seq(T, 1), _seq(S, 2)), tgt_mask=causal,
+                    tgt_is_causal=True, tgt_key_padding_mask=_padding(T))
+    assert calls[0] == (None, True) and calls[1] == (None, False)  # self-, cross-attention
+
+
 # ------------------------------------------------------------------------- stacks
 
 
