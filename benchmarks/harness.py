@@ -188,6 +188,11 @@ class Plot:
     sweeps: tuple[str, ...]
     log_x: bool = False
 
+    def __post_init__(self):
+        if not re.fullmatch(r"[a-z0-9-]+", self.name):  # it names the PNG the report links
+            raise ValueError(f"a plot's name must be lowercase letters, digits and '-', "
+                             f"got {self.name!r}")
+
 
 def compiled(fn: Callable) -> Callable:
     """``torch.compile(fn, fullgraph=True, dynamic=False)`` after clearing dynamo's caches:

@@ -75,9 +75,9 @@ CPU_PROVIDERS = ("fasttx-triton", "fasttx-reference", "torch-transformer")
 ORACLES = ("fasttx-reference",)
 FLOORS = ()
 PLOTS = [
-    harness.Plot("train step", x="tgt_len", metric="tokens_per_s", panels=("preset",),
+    harness.Plot("train-step", x="tgt_len", metric="tokens_per_s", panels=("preset",),
                  sweeps=("train",), log_x=True),
-    harness.Plot("greedy generation", x="batch", metric="tokens_per_s", panels=("preset",),
+    harness.Plot("greedy-generation", x="batch", metric="tokens_per_s", panels=("preset",),
                  sweeps=("generate",), log_x=True),
 ]
 
