@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import fasttx
 from fasttx import random as philox
+from fasttx.ops.attention import attention_probabilities
 from fasttx.testing import (
     MASK_KINDS,
     assert_within_budget,
@@ -65,6 +66,26 @@ def test_matches_torch_in_float64(shape, mask_kind):
     expected_grads = torch.autograd.grad(expected, inputs, grad)
     for name, got, want in zip(["dq", "dk", "dv", "dmask"], grads, expected_grads, strict=False):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_attention_probabilities_are_the_weights_the_op_applies(shape, mask_kind):
+    """The explicit weights path (need_weights, output_attentions): probabilities @ v is the
+    op's output, so scale, masks, causality and grouped-query heads agree; rows sum to 1, or
+    to 0 where no key is allowed."""
+    batch, heads, kv_heads, len_q, len_k, dim, value_dim = shape
+    q, k, v = attention_inputs(batch, heads, len_q, len_k, dim, kv_heads=kv_heads,
+                               value_dim=value_dim, dtype=torch.float64, seed=len_q + len_k)
+    mask = attention_mask(mask_kind, batch, heads, len_q, len_k, seed=3)
+    causal = mask_kind.endswith("causal")
+    weights = attention_probabilities(q, k, mask, causal, scale=0.7)
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=0.7, enable_gqa=True, backend="reference")
+    values = v.repeat_interleave(heads // kv_heads, dim=-3)
+    torch.testing.assert_close(weights @ values, out, rtol=1e-10, atol=1e-12)
+    sums = weights.sum(-1)
+    assert torch.all(((sums - 1).abs() < 1e-12) | (sums == 0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
