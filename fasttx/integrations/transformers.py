@@ -122,7 +122,8 @@ def register(name: str = "fasttx", *, backend: str | None = None) -> str:
     """Registers fasttx attention with transformers as ``attn_implementation=name``.
 
     Args:
-        name: the implementation name models are given.
+        name: the implementation name models are given; one transformers already has
+            ("eager", "sdpa", "flash_attention_2", ...) is refused.
         backend: the fasttx backend every call uses ("reference", "triton", "cuda",
             "auto"); None follows the active default (``fasttx.use_backend``), which
             picks the fastest backend that supports each call.
@@ -133,16 +134,22 @@ def register(name: str = "fasttx", *, backend: str | None = None) -> str:
     if backend is not None and backend != "auto" and backend not in backends.BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + backends.BACKENDS} or None, "
                          f"got {backend!r}")
-    if not isinstance(name, str) or not name or name in ("eager", "sdpa"):
+    if not isinstance(name, str) or not name or name == "eager":
         raise ValueError(f"name must be a new implementation name, got {name!r}")
     transformers = _import_transformers()
     from transformers import masking_utils
+
+    existing = transformers.AttentionInterface._global_mapping.get(name)
+    if existing is not None and not getattr(existing, "is_fasttx", False):
+        raise ValueError(f"name must be a new implementation name, got {name!r}, which "
+                         f"transformers already has")
 
     def fasttx_attention(module, query, key, value, attention_mask, dropout=0.0,
                          scaling=None, is_causal=None, **kwargs):
         return attention_forward(module, query, key, value, attention_mask, dropout,
                                  scaling, is_causal, backend=backend, **kwargs)
 
+    fasttx_attention.is_fasttx = True  # so that registering again may replace it
     transformers.AttentionInterface.register(name, fasttx_attention)
     masking_utils.AttentionMaskInterface.register(name, _mask_builder(masking_utils))
     return name

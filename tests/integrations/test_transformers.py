@@ -294,8 +294,10 @@ def test_unsupported_options_raise(option):
 def test_register_checks_its_arguments(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         fasttx_hf.register(backend="tensorrt")
-    with pytest.raises(ValueError, match="name"):
-        fasttx_hf.register("sdpa")
+    for taken in ("eager", "sdpa", "flash_attention_2"):
+        with pytest.raises(ValueError, match="name"):
+            fasttx_hf.register(taken)
+    assert fasttx_hf.register(NAME) == NAME  # registering fasttx again replaces it
     # transformers' lazy module may have replaced itself in sys.modules since the import
     monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.52.4")
     with pytest.raises(ImportError, match="transformers >= 4.53"):
