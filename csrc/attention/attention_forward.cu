@@ -223,8 +223,9 @@ cudaError_t attention_forward(const AttentionParams& params, cudaStream_t stream
   // The sm_90 kernel reads a float mask in q's dtype; any other mask dtype stays here.
   const bool mask_in_q_dtype =
       params.mask_kind != MaskKind::kFloat || params.mask_dtype == params.dtype;
-  if (mask_in_q_dtype && attention_sm90_supports(params)) {
-    return attention_forward_sm90(params, stream);
+  cudaError_t sm90_error = cudaSuccess;
+  if (mask_in_q_dtype && try_attention_forward_sm90(params, stream, &sm90_error)) {
+    return sm90_error;
   }
   if (params.head_dim < 1 || params.head_dim > 256 || params.value_dim < 1 ||
       params.value_dim > 256 || params.kv_heads < 1 || params.heads % params.kv_heads != 0) {

@@ -3,7 +3,8 @@
 // what the sm_80 and Triton forwards compute (out = softmax(q k^T * scale) v per (sequence,
 // head), top-left causal, grouped-query heads, dense or packed batches) and writes the same
 // base-2 row log-sum-exp for the sm_80 backward. No dropout, no attn_mask, E = Ev in
-// {64, 128}: attention_sm90_supports() sends everything else to the sm_80 kernels.
+// {64, 128}: try_attention_forward_sm90() declines everything else (and inputs whose tensor
+// maps the driver refuses), which then run on the sm_80 kernels.
 //
 // Work split: one CTA per 128 query rows of one (sequence, head); 384 threads:
 //   warpgroup 0  producer: one thread issues every TMA load (Q once, then K and V tiles of
@@ -198,8 +199,10 @@ __device__ void load_tiles(const KernelArgs& args, const CtaWork& work, uint32_t
   const int batch = args.cu_seqlens_q != nullptr ? 0 : work.batch;  // packed maps: 1 batch
   const int kv_head = work.head / args.group_size;
   sm90::prefetch_tensor_map(&args.q_map);
-  sm90::prefetch_tensor_map(&args.k_map);
-  sm90::prefetch_tensor_map(&args.v_map);
+  if (work.num_key_tiles > 0) {  // without keys the K and V maps are never encoded
+    sm90::prefetch_tensor_map(&args.k_map);
+    sm90::prefetch_tensor_map(&args.v_map);
+  }
 
   sm90::mbarrier_arrive_expect_tx(bars.q_full(), TILES::kQBytes);
 #pragma unroll
@@ -420,7 +423,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if FASTTX_SM90A_ENABLED
   using TILES = Tiles<HEAD_DIM>;
   // Static shared memory holds only these barriers: an sm_90a body is the only one with a
-  // static footprint, which attention_sm90_supports() reads back (see kernel_is_built).
+  // static footprint, which supports() reads back (see kernel_is_built).
   __shared__ alignas(8) uint64_t barrier_storage[TILES::kBarriers];
   extern __shared__ uint8_t dynamic_smem[];
 
@@ -545,21 +548,25 @@ bool kernel_is_built() {
   return built;
 }
 
+// Encodes the tensor maps and launches. Returns false, having launched nothing, when the
+// driver refuses a tensor map (the caller then runs the sm_80 kernel); else true, with the
+// launch's result in *error.
 template <typename T, int HEAD_DIM>
-cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
+bool launch(const AttentionParams& p, cudaStream_t stream, cudaError_t* error) {
   using TILES = Tiles<HEAD_DIM>;
   const int num_m_tiles = static_cast<int>((p.len_q + kBlockM - 1) / kBlockM);
   const int64_t grid = static_cast<int64_t>(num_m_tiles) * p.heads * p.batch;
-  if (grid == 0) return cudaSuccess;
+  *error = cudaSuccess;
+  if (grid == 0) return true;
   KernelArgs args{};
   int64_t sizes[4];
   map_sizes(p, false, HEAD_DIM, sizes);
-  if (!encode_map(&args.q_map, p.dtype, p.q, sizes, p.q_strides)) return cudaErrorInvalidValue;
+  if (!encode_map(&args.q_map, p.dtype, p.q, sizes, p.q_strides)) return false;
   map_sizes(p, true, HEAD_DIM, sizes);
   if (p.len_k > 0) {  // without keys no K or V tile is loaded (and k, v may be null)
     if (!encode_map(&args.k_map, p.dtype, p.k, sizes, p.k_strides) ||
         !encode_map(&args.v_map, p.dtype, p.v, sizes, p.v_strides)) {
-      return cudaErrorInvalidValue;
+      return false;
     }
   }
   args.out = p.out;
@@ -578,15 +585,16 @@ cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
   args.is_causal = p.is_causal;
 
   auto kernel = attention_forward_sm90_kernel<T, HEAD_DIM>;
-  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           TILES::kSmemBytes);
-  if (error != cudaSuccess) return error;
+  *error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                TILES::kSmemBytes);
+  if (*error != cudaSuccess) return true;
   kernel<<<static_cast<unsigned>(grid), kThreads, TILES::kSmemBytes, stream>>>(args);
-  return cudaGetLastError();
+  *error = cudaGetLastError();
+  return true;
 }
 
 template <typename Fn>
-cudaError_t dispatch(const AttentionParams& p, Fn&& fn) {
+auto dispatch(const AttentionParams& p, Fn&& fn) {
   const bool bf16 = p.dtype == DType::kBFloat16;
   if (p.head_dim == 64) {
     return bf16 ? fn(__nv_bfloat16{}, std::integral_constant<int, 64>{})
@@ -607,9 +615,9 @@ bool device_is_sm90() {
   return major == 9 && minor == 0;
 }
 
-}  // namespace
-
-bool attention_sm90_supports(const AttentionParams& p) {
+// Whether the Hopper kernel was compiled into this build (an sm_90a target), the current
+// device is sm_90, and it serves these inputs (the tensor maps are tried at launch).
+bool supports(const AttentionParams& p) {
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return false;
   if (p.head_dim != p.value_dim || (p.head_dim != 64 && p.head_dim != 128)) return false;
   if (p.mask_kind != MaskKind::kNone || p.dropout_p != 0.f) return false;
@@ -644,9 +652,13 @@ bool attention_sm90_supports(const AttentionParams& p) {
   return built == cudaSuccess;
 }
 
-cudaError_t attention_forward_sm90(const AttentionParams& p, cudaStream_t stream) {
+}  // namespace
+
+bool try_attention_forward_sm90(const AttentionParams& p, cudaStream_t stream,
+                                cudaError_t* error) {
+  if (!supports(p)) return false;
   return dispatch(p, [&](auto type, auto head_dim) {
-    return launch<decltype(type), decltype(head_dim)::value>(p, stream);
+    return launch<decltype(type), decltype(head_dim)::value>(p, stream, error);
   });
 }
 
