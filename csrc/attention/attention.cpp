@@ -244,9 +244,12 @@ std::tuple<at::Tensor, at::Tensor> forward_op(
   const Inputs in =
       check_inputs(q, k, v, attn_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   const c10::cuda::CUDAGuard guard(q.device());
-  at::Tensor out = at::empty(out_shape(in), q.options());
+  // packed: rows outside every sequence (cu_seqlens not reaching total_q) are never
+  // written by the kernels; they read out = 0 and lse = -inf, as in the reference
+  at::Tensor out = in.packed ? at::zeros(out_shape(in), q.options())
+                             : at::empty(out_shape(in), q.options());
   at::Tensor lse = at::empty(lse_shape(in), q.options().dtype(at::kFloat));
-  if (in.packed) lse.fill_(-INFINITY);  // rows outside every sequence, as the reference
+  if (in.packed) lse.fill_(-INFINITY);
   if (out.numel() == 0) return {out, lse};
 
   AttentionParams params{};

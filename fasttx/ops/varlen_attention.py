@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import torch
 
@@ -63,8 +64,28 @@ def _backward(ctx, grad_out, _grad_lse):
 varlen_attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+# cu_seqlens tensors whose values passed the check: id -> (weak reference, version, total,
+# max_seqlen). A model calls every layer's attention with the same prefix sums: on a GPU
+# their values (a device sync to read) are checked once per tensor, not once per call.
+_checked_cu_seqlens: dict[int, tuple] = {}
+
+
+def _already_checked(cu_seqlens, total, max_seqlen) -> bool:
+    entry = _checked_cu_seqlens.get(id(cu_seqlens))
+    return entry is not None and entry[0]() is cu_seqlens and entry[1:] == (
+        cu_seqlens._version, total, max_seqlen)
+
+
+def _remember_checked(cu_seqlens, total, max_seqlen) -> None:
+    key = id(cu_seqlens)
+    forget = lambda _: _checked_cu_seqlens.pop(key, None)  # noqa: E731 - when it is freed
+    _checked_cu_seqlens[key] = (weakref.ref(cu_seqlens, forget), cu_seqlens._version, total,
+                                max_seqlen)
+
+
 def _check_cu_seqlens(name, cu_seqlens, total, max_seqlen, max_name):
-    """Checks the prefix sums; their values only where that needs no device sync."""
+    """Checks the prefix sums: shape and dtype always, values outside torch.compile (on a
+    GPU a device sync, once per tensor: see _checked_cu_seqlens)."""
     _checks.tensor(name, cu_seqlens, dim=1, dtypes=(torch.int32,))
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"{name} must have shape (B + 1,) with B >= 1, got "
@@ -73,7 +94,8 @@ def _check_cu_seqlens(name, cu_seqlens, total, max_seqlen, max_name):
         raise TypeError(f"{max_name} must be an int, got {type(max_seqlen).__name__}")
     if max_seqlen < 1:
         raise ValueError(f"{max_name} must be a positive int, got {max_seqlen!r}")
-    if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
+    if (torch.compiler.is_compiling() or cu_seqlens.is_meta
+            or _already_checked(cu_seqlens, total, max_seqlen)):
         return
     starts = cu_seqlens.tolist()
     lengths = [b - a for a, b in zip(starts, starts[1:], strict=False)]
@@ -83,6 +105,7 @@ def _check_cu_seqlens(name, cu_seqlens, total, max_seqlen, max_name):
     if max(lengths) > max_seqlen:
         raise ValueError(f"{max_name} ({max_seqlen}) is less than the longest sequence in "
                          f"{name} ({max(lengths)})")
+    _remember_checked(cu_seqlens, total, max_seqlen)
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
@@ -96,8 +119,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         cu_seqlens_q, cu_seqlens_k: int32 (B + 1,) prefix sums of the lengths, from 0 to
             total_q / total_k; sequence b is rows cu[b]:cu[b+1]. On the device of q.
         max_seqlen_q, max_seqlen_k: the longest lengths (ints), for the kernels' grids.
-            Checked against cu_seqlens on CPU tensors only (on a GPU that would cost a
-            device sync): a value below the longest length leaves rows uncomputed.
+            cu_seqlens' values are checked against them and the totals on every device
+            (on a GPU a device sync, once per cu_seqlens tensor as long as it is not
+            modified); under torch.compile only their shapes are checked.
         dropout_p, is_causal, scale, backend: as in :func:`scaled_dot_product_attention`;
             ``is_causal`` is top-left aligned within each sequence.
 

@@ -26,8 +26,10 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
                              dropout_seed, dropout_p, is_causal, scale):
     """As ``fasttx.reference.varlen_attention``: out (total_q, H, Ev), lse (H, total_q) fp32."""
     total_q, heads, _ = q.shape
-    out = q.new_empty(total_q, heads, v.shape[-1])
-    lse = torch.empty(heads, total_q, device=q.device, dtype=torch.float32)
+    # rows outside every sequence (cu_seqlens not reaching total_q) are never written by the
+    # kernels: they read out = 0 and lse = -inf, as in the reference
+    out = q.new_zeros(total_q, heads, v.shape[-1])
+    lse = torch.full((heads, total_q), float("-inf"), device=q.device, dtype=torch.float32)
     seqs = Sequences(cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k, cu_seqlens_q,
                      cu_seqlens_k)
     launch_forward(seqs, q, k, v, Mask.of(None, q), dropout_seed, dropout_p, is_causal, scale,
@@ -37,8 +39,9 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
 
 def varlen_attention_backward(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, out, lse, dropout_seed, dropout_p, is_causal, scale):
-    """Returns dq (total_q, H, E), dk (total_k, Hk, E), dv (total_k, Hk, Ev)."""
-    grad_q, grad_k, grad_v = (torch.empty_like(t, memory_format=torch.contiguous_format)
+    """Returns dq (total_q, H, E), dk (total_k, Hk, E), dv (total_k, Hk, Ev); zero in rows
+    outside every sequence, which the kernels never write."""
+    grad_q, grad_k, grad_v = (torch.zeros_like(t, memory_format=torch.contiguous_format)
                               for t in (q, k, v))
     seqs = Sequences(cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k, cu_seqlens_q,
                      cu_seqlens_k)

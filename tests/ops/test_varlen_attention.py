@@ -1,5 +1,7 @@
 """fasttx.varlen_attention (reference backend): packed sequences equal padded attention."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,3 +109,30 @@ def test_bad_inputs_name_the_argument(change, word):
     args.update(change)
     with pytest.raises((ValueError, TypeError), match=word):
         fasttx.varlen_attention(**args)
+
+
+def test_cu_seqlens_values_are_read_once_per_tensor_until_it_changes(monkeypatch):
+    """Their values are checked on every device; on a GPU reading them costs a sync, so a
+    tensor that passed is not read again (the layers of a model share it) unless modified."""
+    varlen_module = importlib.import_module("fasttx.ops.varlen_attention")
+    reads = []
+    remember = varlen_module._remember_checked
+    monkeypatch.setattr(varlen_module, "_remember_checked",
+                        lambda *args: reads.append(args[0]) or remember(*args))
+    q, k, v = (torch.randn(5, 2, 4, dtype=torch.float64) for _ in range(3))
+    cu_q = torch.tensor([0, 2, 5], dtype=torch.int32)
+    cu_k = torch.tensor([0, 1, 5], dtype=torch.int32)
+    for _ in range(3):
+        fasttx.varlen_attention(q, k, v, cu_q, cu_k, 3, 4, backend="reference")
+    assert [id(t) for t in reads] == [id(cu_q), id(cu_k)]
+    with pytest.raises(ValueError, match="max_seqlen_k"):  # same tensor, another bound
+        fasttx.varlen_attention(q, k, v, cu_q, cu_k, 3, 3, backend="reference")
+    cu_k[1] = 4  # modified in place: read again, and refused
+    with pytest.raises(ValueError, match="max_seqlen_k"):
+        fasttx.varlen_attention(q, k, v, cu_q, cu_k, 3, 2, backend="reference")
+    cu_k[1] = 6
+    with pytest.raises(ValueError, match="cu_seqlens_k must rise"):
+        fasttx.varlen_attention(q, k, v, cu_q, cu_k, 3, 6, backend="reference")
+    key = id(cu_q)
+    del cu_q, reads[:]
+    assert key not in varlen_module._checked_cu_seqlens  # forgotten once freed

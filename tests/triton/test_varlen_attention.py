@@ -1,6 +1,8 @@
 """The Triton kernels on packed variable-length sequences: equal to padded attention and
 within budget of the float64 reference."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -117,3 +119,45 @@ def test_gpu_matches_reference_within_budget(backend, is_causal, dtype):
             torch.autograd.grad(expected, wide, grad.double()),
             torch.autograd.grad(baseline, (q, k, v), grad), strict=True):
         assert_within_budget(got, want, base, factor=3.0, name=name)
+
+
+@contextlib.contextmanager
+def nan_filled_empty_tensors():
+    """torch.empty fills floating-point tensors with NaN (deterministic mode's option)."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
+
+
+def test_rows_outside_every_sequence_are_zero_as_in_the_reference():
+    """Called as an op with cu_seqlens ending before the last rows (the public function
+    refuses that), the kernels never visit those rows: out 0, lse -inf, gradients 0, as in
+    the reference. Uninitialised memory is filled with NaN here, so a row left unwritten
+    fails."""
+    from fasttx.ops.varlen_attention import varlen_attention_backward, varlen_attention_forward
+
+    q, k, v, cu_q, cu_k, max_q, max_k = packed_inputs([3, 4], [5, 2], 2, 1, 16, torch.float32)
+    q, k, v = (torch.cat([t.detach(), torch.randn(3, *t.shape[1:])]) for t in (q, k, v))
+    grad = random_tensor(*q.shape, device=DEVICE, seed=3)
+    results = {}
+    with nan_filled_empty_tensors():
+        for backend in ("triton", "reference"):
+            out, lse = varlen_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, None, 0.0,
+                                                True, 0.25, backend)
+            grads = varlen_attention_backward(grad, q, k, v, cu_q, cu_k, max_q, max_k, out, lse,
+                                              None, 0.0, True, 0.25, backend)
+            results[backend] = (out, lse, *grads)
+    for name, got, want in zip(("out", "lse", "dq", "dk", "dv"), results["triton"],
+                               results["reference"], strict=True):
+        if name != "lse":  # each backend keeps its own log-sum-exp (the Triton one, base 2)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+    out, lse, grad_q, grad_k, grad_v = results["triton"]
+    assert (out[7:] == 0).all() and torch.isneginf(lse[:, 7:]).all()
+    assert torch.isfinite(lse[:, :7]).all()
+    assert (grad_q[7:] == 0).all() and (grad_k[7:] == 0).all() and (grad_v[7:] == 0).all()
