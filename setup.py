@@ -8,8 +8,15 @@ backend reports itself unavailable at run time.
 Environment:
     FASTTX_SKIP_CUDA_BUILD=1   never build the extension.
     FASTTX_CUDA_ARCHS          semicolon list of targets, default "8.0;9.0a" (Ampere, and
-                               Hopper with its arch-specific instructions: wgmma, TMA).
+                               Hopper with its arch-specific instructions: wgmma, TMA); else
+                               a pre-set TORCH_CUDA_ARCH_LIST. A Hopper entry without its
+                               "a" (9.0, 9.0+PTX) is built as 9.0a, loudly: plain sm_90
+                               code has no wgmma/TMA, and the Hopper attention kernel would
+                               compile to an empty body that nothing reports.
     MAX_JOBS, NVCC_THREADS     bound the build's parallelism.
+
+The targets are compiled into the extension: ``fasttx.cuda.build_info()`` reports them and
+which attention kernels they hold.
 """
 
 import glob
@@ -60,6 +67,34 @@ def cublaslt_library():
                        "FASTTX_SKIP_CUDA_BUILD=1 to build without the CUDA backend")
 
 
+DEFAULT_ARCHS = "8.0;9.0a"
+HOPPER = "9.0a"  # the Hopper attention kernel's target: sm_90 with its arch-specific features
+
+
+def cuda_archs(environ=os.environ):
+    """(TORCH_CUDA_ARCH_LIST to build, messages to show): FASTTX_CUDA_ARCHS, else a pre-set
+    TORCH_CUDA_ARCH_LIST, else the default, with every Hopper entry made 9.0a."""
+    requested = (environ.get("FASTTX_CUDA_ARCHS") or environ.get("TORCH_CUDA_ARCH_LIST")
+                 or DEFAULT_ARCHS)
+    archs, messages = [], []
+    for arch in requested.replace(",", ";").replace(" ", ";").split(";"):
+        if arch in ("9.0", "9.0+PTX"):
+            messages.append(f"WARNING: target {arch} has no wgmma/TMA (the Hopper attention "
+                            f"kernel would be empty): building {HOPPER} instead")
+            arch = HOPPER
+        if arch and arch not in archs:
+            archs.append(arch)
+    if HOPPER not in archs:
+        messages.append(f"WARNING: no {HOPPER} target in {';'.join(archs)}: the Hopper attention "
+                        f"kernel (wgmma/TMA) is not compiled in; Hopper GPUs run the sm_80 kernels")
+    return ";".join(archs), messages
+
+
+def target_names(archs):
+    """"8.0;9.0a" -> "sm_80,sm_90a": the targets as build_info() reports them."""
+    return ",".join("sm_" + arch.split("+")[0].replace(".", "") for arch in archs.split(";"))
+
+
 def cuda_extensions():
     reason = cuda_extension_reason()
     if reason is not None:
@@ -67,11 +102,11 @@ def cuda_extensions():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    # FASTTX_CUDA_ARCHS wins; else an existing TORCH_CUDA_ARCH_LIST; else Ampere + Hopper
-    # (9.0a: the Hopper attention kernel's wgmma/TMA instructions exist only there).
-    archs = os.environ.get("FASTTX_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST")
-    archs = archs or "8.0;9.0a"
+    archs, messages = cuda_archs()
+    for message in messages:
+        _log(message)
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    targets = f"-DFASTTX_CUDA_TARGETS={target_names(archs)}"  # read by build_info()
     nvcc_threads = os.environ.get("NVCC_THREADS", "4")
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
@@ -82,13 +117,15 @@ def cuda_extensions():
         include_dirs=[os.path.abspath("csrc")],
         # torch picks the C++ standard (C++20 for torch >= 2.10); the kernels are C++17.
         extra_compile_args={
-            "cxx": ["-O3"],
-            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", f"--threads={nvcc_threads}"],
+            "cxx": ["-O3", targets],
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", f"--threads={nvcc_threads}",
+                     targets],
         },
         extra_link_args=[cublaslt_library()],
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = cuda_extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # (setuptools runs it so; tests import the helpers above)
+    ext_modules, cmdclass = cuda_extensions()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -18,9 +18,24 @@
 
 namespace {
 
+// setup.py passes the build's targets, e.g. -DFASTTX_CUDA_TARGETS=sm_80,sm_90a.
+#define FASTTX_STRINGIFY(...) #__VA_ARGS__
+#define FASTTX_EXPAND_STRINGIFY(...) FASTTX_STRINGIFY(__VA_ARGS__)
+#ifdef FASTTX_CUDA_TARGETS
+constexpr const char* kTargets = FASTTX_EXPAND_STRINGIFY(FASTTX_CUDA_TARGETS);
+#else
+constexpr const char* kTargets = "unknown";
+#endif
+
+// "torch 2.11.0; CUDA 13.0; targets sm_80,sm_90a; attention kernels sm80,sm90a": the
+// attention kernels compiled in are the sm_80 ones (every target) and the Hopper one when
+// an sm_90a target was built (fasttx/cuda/_extension.py parses this).
 std::string build_info() {
-  return std::string("fasttx._C built with torch ") + TORCH_VERSION + ", CUDA " +
-         std::to_string(CUDA_VERSION / 1000) + "." + std::to_string(CUDA_VERSION % 1000 / 10);
+  const std::string targets = kTargets;
+  const bool hopper = ("," + targets + ",").find(",sm_90a,") != std::string::npos;
+  return std::string("torch ") + TORCH_VERSION + "; CUDA " + std::to_string(CUDA_VERSION / 1000) +
+         "." + std::to_string(CUDA_VERSION % 1000 / 10) + "; targets " + targets +
+         "; attention kernels sm80" + (hopper ? ",sm90a" : "");
 }
 
 }  // namespace

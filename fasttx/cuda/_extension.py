@@ -48,6 +48,34 @@ def ops():
     return getattr(torch.ops, NAMESPACE)
 
 
+def build_info() -> dict:
+    """What the loaded ``fasttx._C`` was built with, as its ``build_info`` op reports it::
+
+        {"torch": "2.11.0", "cuda": "13.0", "targets": ["sm_80", "sm_90a"],
+         "attention_kernels": ["sm80", "sm90a"]}
+
+    ``attention_kernels`` names the attention forward kernels compiled in: ``sm80`` (the
+    FlashAttention-2 kernels, every target) and ``sm90a`` (the Hopper wgmma/TMA kernel, only
+    with an sm_90a target). Raises why the extension is not loaded.
+    """
+    return parse_build_info(ops().build_info())
+
+
+def parse_build_info(text: str) -> dict:
+    """Parses "torch 2.11.0; CUDA 13.0; targets sm_80,sm_90a; attention kernels sm80,sm90a"."""
+    fields = {}
+    for part in text.split(";"):
+        name, _, value = part.strip().rpartition(" ")
+        fields[name.lower()] = value
+    try:
+        return {"torch": fields["torch"], "cuda": fields["cuda"],
+                "targets": fields["targets"].split(","),
+                "attention_kernels": fields["attention kernels"].split(",")}
+    except KeyError as missing:
+        raise RuntimeError(f"fasttx._C's build_info() lacks {missing}: {text!r} (rebuild it)") \
+            from None
+
+
 def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,))
 
