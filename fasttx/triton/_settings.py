@@ -1,4 +1,5 @@
-"""Settings the Triton launchers of every op read: interpreter mode and fp32 dot precision."""
+"""Settings the Triton launchers of every op read: interpreter mode, autotuning and fp32 dot
+precision."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ import torch
 def interpreting() -> bool:
     """Whether Triton runs kernels under its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def autotuning() -> bool:
+    """Whether the launchers autotune their tiles on a GPU (the default). With
+    ``FASTTX_TRITON_AUTOTUNE=0`` each kernel runs the first config its architecture lists
+    that fits the GPU: one compile per specialisation and no timing runs, which bounds the
+    JIT time of a test run (tools/gpu_run.py sets it for the GPU test suite)."""
+    return os.environ.get("FASTTX_TRITON_AUTOTUNE", "1") != "0"
+
+
+def first_fitting_config(prune, configs, kernel, args, meta) -> dict:
+    """The launch options of the first of ``configs`` that an autotuner's pruning function
+    keeps for these arguments (its fallback when it keeps none): tiles, num_warps and
+    num_stages, to launch ``kernel`` with instead of autotuning."""
+    chosen = prune(configs, dict(zip(kernel.arg_names, args, strict=False)), **meta)[0]
+    return dict(chosen.kwargs, num_warps=chosen.num_warps, num_stages=chosen.num_stages)
 
 
 def tf32_matmuls_allowed() -> bool:

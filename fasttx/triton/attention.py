@@ -11,9 +11,10 @@ What the launchers decide:
   after broadcasting) is read one key row per tile, and the range of keys it allows in
   each batch is computed once so that the kernels skip the key tiles outside it;
 - the tile sizes: autotuned on a GPU per (head dims, mask kind, causal, dropout, dtypes,
-  length bucket) from configs for Hopper or for Ampere; fixed small tiles under the
-  Triton interpreter; any fixed tiles inside :func:`fixed_blocks` (tests use it to check
-  that results don't depend on the tiles);
+  length bucket) from configs for Hopper or for Ampere (with ``FASTTX_TRITON_AUTOTUNE=0``
+  the first of them that fits); fixed small tiles under the Triton interpreter; any fixed
+  tiles inside :func:`fixed_blocks` (tests use it to check that results don't depend on
+  the tiles);
 - the fp32 dot precision: tf32 only when torch allows it for fp32 matmuls.
 
 q, k, v, the mask and dO are read through their strides (no copies); outputs are
@@ -35,7 +36,12 @@ from fasttx.triton._attention_backward import (
 )
 from fasttx.triton._attention_common import LOG2E
 from fasttx.triton._attention_forward import attention_forward_kernel
-from fasttx.triton._settings import fp32_dot_precision, interpreting
+from fasttx.triton._settings import (
+    autotuning,
+    first_fitting_config,
+    fp32_dot_precision,
+    interpreting,
+)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -136,13 +142,24 @@ def fixed_blocks(block_m: int, block_n: int):
 
 
 def _launch(kind, grid, *args, **meta):
-    """Runs kernel ``kind`` autotuned, or with fixed tiles (interpreter, fixed_blocks)."""
+    """Runs kernel ``kind`` autotuned, or with fixed tiles: inside fixed_blocks, under the
+    interpreter, or with autotuning off (the architecture's first config that fits)."""
     plain, tuned = _KERNELS[kind]
     blocks = _fixed_blocks or (_INTERPRETER_BLOCKS if interpreting() else None)
+    if blocks is None and not autotuning():
+        blocks = untuned_config(kind, *args, **meta)
     if blocks is None:
         tuned[grid](*args, **meta)
     else:
         plain[grid](*args, **meta, **blocks)
+
+
+def untuned_config(kind, *args, **meta) -> dict:
+    """The launch options of kernel ``kind`` with autotuning off: the first config listed
+    for this GPU's architecture that fits (as the autotuner's pruning decides)."""
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+               for arch in ("hopper", "ampere") for m, n, w, s in _CONFIGS[kind][arch]]
+    return first_fitting_config(_prune(kind), configs, _KERNELS[kind][0], args, meta)
 
 
 def unsupported_reason(dtype=None, head_dim=None, value_head_dim=None, **_):

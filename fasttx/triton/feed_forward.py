@@ -15,7 +15,8 @@ pre-activation a for gelu/gelu_tanh (``_feed_forward_forward`` says why).
 
 Tiles are autotuned on a GPU from configs for Hopper or for Ampere, keyed on the layer
 sizes and the token count rounded up to a power of two (so batches of varying size reuse
-one tuning); under the interpreter and inside :func:`fixed_blocks` the tiles are fixed.
+one tuning), or with ``FASTTX_TRITON_AUTOTUNE=0`` the first of them that fits; under the
+interpreter and inside :func:`fixed_blocks` the tiles are fixed.
 Every operand is read through its strides: no transposed copies.
 """
 
@@ -29,7 +30,12 @@ import triton
 from fasttx.triton._feed_forward_backward import feed_forward_hidden_grad_kernel
 from fasttx.triton._feed_forward_forward import feed_forward_up_kernel
 from fasttx.triton._matmul import linear_kernel
-from fasttx.triton._settings import fp32_dot_precision, interpreting
+from fasttx.triton._settings import (
+    autotuning,
+    first_fitting_config,
+    fp32_dot_precision,
+    interpreting,
+)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -156,13 +162,25 @@ def _tiles(rows, cols):
 
 
 def _launch(kind, grid, *args, **meta):
-    """Runs kernel ``kind`` autotuned, or with fixed tiles (interpreter, fixed_blocks)."""
+    """Runs kernel ``kind`` autotuned, or with fixed tiles: inside fixed_blocks, under the
+    interpreter, or with autotuning off (the architecture's first config that fits)."""
     fixed, tuned = _KERNELS[kind]
     blocks = _fixed_blocks or (_INTERPRETER_BLOCKS if interpreting() else None)
+    if blocks is None and not autotuning():
+        blocks = untuned_config(kind, *args, **meta)
     if blocks is None:
         tuned[family(kind, meta)][grid](*args, **meta)
     else:
         fixed[grid](*args, **meta, **blocks)
+
+
+def untuned_config(kind, *args, **meta) -> dict:
+    """The launch options of kernel ``kind`` with autotuning off: the first config of its
+    family listed for this GPU's architecture that fits (as the autotuner's pruning
+    decides)."""
+    name = family(kind, meta)
+    configs = [_config(*c) for arch in ("hopper", "ampere") for c in _CONFIGS[name][arch]]
+    return first_fitting_config(_prune(name), configs, _KERNELS[kind][0], args, meta)
 
 
 def _sizes(m, n, k, tokens_axis):
