@@ -49,6 +49,16 @@ def cuda_extension_reason():
     return None
 
 
+# The CUDA library headers that torch's CUDA headers (and the FFN's cuBLASLt calls) include.
+LIBRARY_HEADERS = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
+
+
+def wheel_paths(*pattern):
+    """Paths matching nvidia/<pattern> in the NVIDIA wheels torch brings (on sys.path)."""
+    return [path for entry in sys.path
+            for path in sorted(glob.glob(os.path.join(entry, "nvidia", *pattern)))]
+
+
 def cublaslt_library():
     """The cuBLASLt shared library to link (the feed-forward GEMMs call it directly): the
     toolkit's, else the one torch's CUDA wheels bring (nvidia/*/lib). At run time torch has
@@ -56,15 +66,34 @@ def cublaslt_library():
     from torch.utils.cpp_extension import CUDA_HOME
 
     candidates = [os.path.join(CUDA_HOME, "lib64", "libcublasLt.so")]
-    for entry in sys.path:
-        wheel_libraries = os.path.join(entry, "nvidia", "*", "lib", "libcublasLt.so*")
-        candidates += sorted(glob.glob(wheel_libraries))
+    candidates += wheel_paths("*", "lib", "libcublasLt.so*")
     for candidate in candidates:
         if os.path.exists(candidate):
             return candidate
     raise RuntimeError("fasttx setup: libcublasLt.so was found neither in the CUDA toolkit "
                        f"({CUDA_HOME}/lib64) nor in torch's nvidia wheels; set "
                        "FASTTX_SKIP_CUDA_BUILD=1 to build without the CUDA backend")
+
+
+def library_include_dirs():
+    """Include folders for the LIBRARY_HEADERS the toolkit lacks (a toolkit of nvcc and the
+    runtime only, as pip-installed ones are), from torch's nvidia wheels; empty when the
+    toolkit has them all."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    missing = [name for name in LIBRARY_HEADERS
+               if not os.path.exists(os.path.join(CUDA_HOME, "include", name))]
+    folders = []
+    for folder in wheel_paths("*", "include"):
+        found = [name for name in missing if os.path.exists(os.path.join(folder, name))]
+        if found:
+            folders.append(folder)
+            missing = [name for name in missing if name not in found]
+    if missing:
+        raise RuntimeError(f"fasttx setup: {', '.join(missing)} found neither in the CUDA "
+                           f"toolkit ({CUDA_HOME}/include) nor in torch's nvidia wheels; set "
+                           "FASTTX_SKIP_CUDA_BUILD=1 to build without the CUDA backend")
+    return folders
 
 
 DEFAULT_ARCHS = "8.0;9.0a"
@@ -108,6 +137,10 @@ def cuda_extensions():
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     targets = f"-DFASTTX_CUDA_TARGETS={target_names(archs)}"  # read by build_info()
     nvcc_threads = os.environ.get("NVCC_THREADS", "4")
+    # after the toolkit's own include folder: only what it lacks comes from the wheels
+    library_includes = [flag for folder in library_include_dirs() for flag in ("-isystem", folder)]
+    if library_includes:
+        _log(f"CUDA library headers from torch's nvidia wheels: {' '.join(library_includes[1::2])}")
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
     _log(f"building fasttx._C for {archs} from {len(sources)} sources")
@@ -117,9 +150,9 @@ def cuda_extensions():
         include_dirs=[os.path.abspath("csrc")],
         # torch picks the C++ standard (C++20 for torch >= 2.10); the kernels are C++17.
         extra_compile_args={
-            "cxx": ["-O3", targets],
+            "cxx": ["-O3", targets, *library_includes],
             "nvcc": ["-O3", "--use_fast_math", "-lineinfo", f"--threads={nvcc_threads}",
-                     targets],
+                     targets, *library_includes],
         },
         extra_link_args=[cublaslt_library()],
     )

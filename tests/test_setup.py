@@ -47,3 +47,30 @@ def test_targets_reach_build_info_as_named_kernels(setup_module):
     with pytest.raises(RuntimeError, match="lacks .*rebuild"):
         parse_build_info("fasttx._C built with torch 2.11.0, CUDA 13.0")
 
+
+
+def test_library_headers_a_bare_toolkit_lacks_come_from_torchs_wheels(setup_module,
+                                                                       monkeypatch, tmp_path):
+    """A pip-installed toolkit (nvcc and the runtime) has no cuBLAS/cuSPARSE/cuSOLVER headers,
+    which torch's CUDA headers include: they are taken from the nvidia wheels beside torch."""
+    from torch.utils import cpp_extension
+
+    toolkit, site = tmp_path / "cuda", tmp_path / "site-packages"
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cublas_v2.h").touch()
+    for wheel, headers in (("cu13", ["cublasLt.h", "cusparse.h"]), ("cusolver", ["cusolverDn.h"]),
+                           ("nccl", ["nccl.h"])):
+        (site / "nvidia" / wheel / "include").mkdir(parents=True)
+        for name in headers:
+            (site / "nvidia" / wheel / "include" / name).touch()
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(toolkit))
+    monkeypatch.setattr("sys.path", [str(site)])
+    assert setup_module.library_include_dirs() == [str(site / "nvidia" / "cu13" / "include"),
+                                                   str(site / "nvidia" / "cusolver" / "include")]
+    for name in setup_module.LIBRARY_HEADERS:  # a complete toolkit needs none of them
+        (toolkit / "include" / name).touch()
+    assert setup_module.library_include_dirs() == []
+    (toolkit / "include" / "cusparse.h").unlink()
+    (site / "nvidia" / "cu13" / "include" / "cusparse.h").unlink()
+    with pytest.raises(RuntimeError, match="cusparse.h found neither"):
+        setup_module.library_include_dirs()
