@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-transformers-4.5x check-cuda bench report lint clean
+.PHONY: setup demo test test-transformers-4.5x check-cuda gpu-run bench report lint clean
 
 # --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
 # torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
@@ -45,6 +45,16 @@ test-transformers-4.5x:
 # torch lacks (cuBLAS, cuSPARSE, cuSOLVER) from PyPI once, into build/cuda-headers.
 check-cuda: setup
 	$(PYTHON) tools/check_cuda.py
+
+# The one-call GPU run (tools/gpu_run.py; README "Checking a GPU in one call"): builds
+# fasttx._C for sm_90a and runs env, build, smoke, sanitizer, tests and bench on this
+# machine's GPU within GPU_BUDGET seconds; summary, logs and results go to GPU_OUT.
+# GPU_ARGS="--rehearse" runs the same phases on CPU, "--plan" prints the schedule.
+GPU_BUDGET ?= 540
+GPU_OUT ?= build/gpu-run
+GPU_ARGS ?=
+gpu-run:
+	$(PYTHON) tools/gpu_run.py --budget $(GPU_BUDGET) --out $(GPU_OUT) $(GPU_ARGS)
 
 # The benchmark suite on this machine's GPU (the full profile; `make bench BENCH_ARGS=--quick`).
 # `make report` renders every results folder (tables, plots) and the README's performance section.
