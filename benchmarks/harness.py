@@ -561,7 +561,8 @@ def environment(device: str, profile: str) -> dict:
     import fasttx
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git("rev-parse", "HEAD"),
+        # a copy without .git (a borrowed GPU machine's) is told its commit by FASTTX_COMMIT
+        "commit": _git("rev-parse", "HEAD") or os.environ.get("FASTTX_COMMIT"),
         "dirty": _dirty(),
         "profile": profile,
         "device": device,

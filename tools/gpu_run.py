@@ -3,7 +3,7 @@
 GPU time comes by chance and briefly (one machine, about 15 minutes in all, a call at most
 10), so the first run on hardware is one command, written and rehearsed on CPU beforehand:
 
-    python3 tools/gpu_run.py --budget 540 --out "$OUT"   # on the GPU machine, repo root
+    FASTTX_COMMIT=<sha> python3 tools/gpu_run.py --budget 540 --out "$OUT"   # GPU, repo root
     python3 tools/gpu_run.py --plan --budget 540         # here: phases, estimates, the count
     python3 tools/gpu_run.py --rehearse                  # here (CI runs it): CPU, tiny sizes
     python3 tools/gpu_run.py --phases smoke,tests --focus attention --out "$OUT"   # a rerun
@@ -511,12 +511,20 @@ def git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
+def commit() -> str:
+    """HEAD (marked when tracked files differ), else FASTTX_COMMIT: a borrowed machine gets
+    a copy of the working tree without .git, so the caller names the commit."""
+    head = git("rev-parse", "HEAD")
+    if head != "unknown":
+        dirty = git("status", "--porcelain", "--untracked-files=no") not in ("", "unknown")
+        return head + (" (with uncommitted changes)" if dirty else "")
+    return os.environ.get("FASTTX_COMMIT") or "unknown (no .git here: set FASTTX_COMMIT)"
+
+
 def header_lines(run: Run) -> list[str]:
     facts = run.facts
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") \
-        else ""
     return [f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-            f"commit: {git('rev-parse', 'HEAD')}{dirty}",
+            f"commit: {commit()}",
             f"gpu: {facts.get('gpu', 'none (CPU rehearsal)' if run.rehearse else 'unknown')}"
             f", driver {facts.get('driver', '-')}",
             f"versions: python {facts.get('python', '-')}, torch {facts.get('torch', '-')}, "

@@ -181,6 +181,15 @@ def test_the_environment_names_what_the_figures_were_measured_with():
     assert harness.results_dir(env).name == "cpu"
 
 
+def test_a_copy_without_git_takes_its_commit_from_fasttx_commit(monkeypatch):
+    """A borrowed GPU machine runs a copy of the working tree without .git."""
+    monkeypatch.setattr(harness, "_git", lambda *args: None)
+    monkeypatch.setenv("FASTTX_COMMIT", "0123abc")
+    assert harness.environment("cpu", "smoke")["commit"] == "0123abc"
+    monkeypatch.delenv("FASTTX_COMMIT")
+    assert harness.environment("cpu", "smoke")["commit"] is None
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_every_op_reports_a_wrong_provider_and_does_not_time_it(op, monkeypatch):
     module = load(op)

@@ -208,3 +208,11 @@ def test_the_plan_fits_the_budget_with_each_phase_estimated():
     tight = subprocess.run([PYTHON, "tools/gpu_run.py", "--plan", "--no-count", "--budget",
                             "200"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert tight.returncode == 1 and "past the budget" in tight.stdout
+
+
+def test_a_copy_without_git_is_told_its_commit(monkeypatch):
+    monkeypatch.setattr(gpu_run, "git", lambda *args: "unknown")
+    monkeypatch.setenv("FASTTX_COMMIT", "0123abc")
+    assert gpu_run.commit() == "0123abc"
+    monkeypatch.delenv("FASTTX_COMMIT")
+    assert "set FASTTX_COMMIT" in gpu_run.commit()
