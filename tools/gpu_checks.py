@@ -54,8 +54,9 @@ def backend_name(backend: str) -> str:
     return "reference" if REHEARSE and backend == "cuda" else backend
 
 
-def result(**fields) -> None:
-    print("RESULT " + json.dumps(fields), flush=True)
+def result(headline: str, **fields) -> None:
+    """The command's last line: what gpu_run's summary shows, and the figures beside it."""
+    print("RESULT " + json.dumps(dict(headline=headline, **fields)), flush=True)
 
 
 # ---------------------------------------------------------------- env, kernels, elf
@@ -85,7 +86,11 @@ def command_env(_args) -> int:
     info["ceilings"] = ceilings()
     for name, value in info.items():
         print(f"{name}: {value}")
-    result(**info)
+    peak = info["ceilings"]
+    result(f"{info.get('gpu', 'no GPU')}, driver {info.get('driver', '-')}, torch "
+           f"{info['torch']}, triton {info['triton']}, CUDA {info['cuda']}; ceilings "
+           f"{peak.get('bf16_matmul_tflops', '-')} TFLOP/s bf16, {peak.get('copy_gbps', '-')} "
+           f"GB/s copy; unavailable: {', '.join(info['reasons']) or 'none'}", **info)
     return 0
 
 
@@ -132,7 +137,9 @@ def command_kernels(_args) -> int:
         print(f"{case} (head dim {dim}): {ran[case]}")
     hopper_ran = any("sm90" in name for name in ran["hopper_case"])
     expected = "sm90a" in info["attention_kernels"] and not REHEARSE
-    result(build=info, hopper_kernel_ran=hopper_ran, **ran)
+    result(f"head dim 128 ran {ran['hopper_case']}, head dim 80 ran {ran['sm80_case']}; "
+           f"compiled in: {info['attention_kernels']}", build=info,
+           hopper_kernel_ran=hopper_ran, **ran)
     if expected and not hopper_ran:
         print("FAIL: the Hopper kernel is built but the sm_80 one ran", file=sys.stderr)
         return 1
@@ -160,7 +167,8 @@ def command_elf(args) -> int:
     hgmma = len(re.findall(r"\bHGMMA\.", sass.stdout))
     print(f"{args.path}: {len(archs)} images, arch {sorted(set(archs))}, {hgmma} HGMMA")
     ok = bool(archs) and set(archs) == {"sm_90a"} and hgmma > 0
-    result(images=len(archs), archs=sorted(set(archs)), hgmma=hgmma, ok=ok)
+    result(f"{len(archs)} images {sorted(set(archs))}, {hgmma} HGMMA", images=len(archs),
+           archs=sorted(set(archs)), hgmma=hgmma, ok=ok)
     return 0 if ok else 1
 
 
@@ -325,7 +333,7 @@ def command_smoke(args) -> int:
              and args.head_dim in (None, c.shape["dim"])]
     if not cases:
         print(f"no {args.family} case of size {args.size} and head dim {args.head_dim}")
-        result(family=args.family, backend=args.backend, cases=0, passed=0,
+        result("no case selected", family=args.family, backend=args.backend, cases=0, passed=0,
                failed=["no case selected"], kernels=[], seconds=0)
         return 1
     passed, failed, kernels, started = 0, [], [], time.perf_counter()
@@ -349,7 +357,10 @@ def command_smoke(args) -> int:
             kernels = kernels_of(lambda low=low, options=options: _call(
                 args.family, low, options, backend_name("cuda")))
             print(f"    kernels: {kernels}")
-    result(family=args.family, backend=args.backend, cases=len(cases), passed=passed,
+    headline = f"{passed}/{len(cases)} cases passed"
+    headline += f"; failed: {'; '.join(failed)[:200]}" if failed else ""
+    headline += f"; kernels {', '.join(kernels)[:160]}" if kernels else ""
+    result(headline, family=args.family, backend=args.backend, cases=len(cases), passed=passed,
            failed=failed, kernels=kernels, seconds=round(time.perf_counter() - started, 1))
     return 1 if failed else 0
 
