@@ -67,6 +67,7 @@ varlen_attention_forward.register_autograd(_backward, setup_context=_setup_conte
 # cu_seqlens tensors whose values passed the check: id -> (weak reference, version, total,
 # max_seqlen). A model calls every layer's attention with the same prefix sums: on a GPU
 # their values (a device sync to read) are checked once per tensor, not once per call.
+# Inference tensors count no versions (an in-place change would go unseen): never kept.
 _checked_cu_seqlens: dict[int, tuple] = {}
 
 
@@ -77,6 +78,8 @@ def _already_checked(cu_seqlens, total, max_seqlen) -> bool:
 
 
 def _remember_checked(cu_seqlens, total, max_seqlen) -> None:
+    if cu_seqlens.is_inference():
+        return
     key = id(cu_seqlens)
     forget = lambda _: _checked_cu_seqlens.pop(key, None)  # noqa: E731 - when it is freed
     _checked_cu_seqlens[key] = (weakref.ref(cu_seqlens, forget), cu_seqlens._version, total,
@@ -94,8 +97,8 @@ def _check_cu_seqlens(name, cu_seqlens, total, max_seqlen, max_name):
         raise TypeError(f"{max_name} must be an int, got {type(max_seqlen).__name__}")
     if max_seqlen < 1:
         raise ValueError(f"{max_name} must be a positive int, got {max_seqlen!r}")
-    if (torch.compiler.is_compiling() or cu_seqlens.is_meta
-            or _already_checked(cu_seqlens, total, max_seqlen)):
+    if (torch.compiler.is_compiling() or cu_seqlens.is_meta or (
+            not cu_seqlens.is_inference() and _already_checked(cu_seqlens, total, max_seqlen))):
         return
     starts = cu_seqlens.tolist()
     lengths = [b - a for a, b in zip(starts, starts[1:], strict=False)]

@@ -136,3 +136,12 @@ def test_cu_seqlens_values_are_read_once_per_tensor_until_it_changes(monkeypatch
     key = id(cu_q)
     del cu_q, reads[:]
     assert key not in varlen_module._checked_cu_seqlens  # forgotten once freed
+    with torch.inference_mode():  # inference tensors count no versions: read every call
+        cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+        for _ in range(2):
+            fasttx.varlen_attention(q, k, v, cu, cu, 3, 3, backend="reference")
+        cu[1] = 4
+        with pytest.raises(ValueError, match="max_seqlen_q"):
+            fasttx.varlen_attention(q, k, v, cu, cu, 3, 4, backend="reference")
+    assert [id(t) for t in reads] == [id(cu)] * 4  # q's and k's, both calls
+    assert id(cu) not in varlen_module._checked_cu_seqlens
