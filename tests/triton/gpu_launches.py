@@ -33,9 +33,8 @@ from unittest import mock
 
 import torch
 
-# The launchers read these at import: the interpreter (CPU tensors) but autotuning off.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ["FASTTX_TRITON_AUTOTUNE"] = "0"
+if __name__ == "__main__":  # before triton is imported: kernels interpreted, so recordable
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import fasttx  # noqa: E402
 from fasttx.testing import attention_inputs, attention_mask, key_padding_mask  # noqa: E402
@@ -216,6 +215,9 @@ def recording():
     inside the block; no kernel runs. The launchers pick tiles as on an H200."""
     from triton.runtime.interpreter import InterpretedFunction
 
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("recording needs the kernels interpreted: TRITON_INTERPRET=1 "
+                           "before triton is imported")
     launches = []
 
     def record(self, *args, grid=None, warmup=False, **kwargs):
@@ -223,9 +225,11 @@ def recording():
 
     patches = [mock.patch.object(InterpretedFunction, "run", record),
                mock.patch.object(torch.cuda, "get_device_properties", lambda *_: H200)]
-    for name in LAUNCHER_MODULES:  # the GPU's tiles, not the interpreter's
+    for name in LAUNCHER_MODULES:  # the GPU test run's tiles: not interpreted, not autotuned
         module = importlib.import_module(f"fasttx.triton.{name}")
         patches.append(mock.patch.object(module, "interpreting", lambda: False))
+        if hasattr(module, "autotuning"):
+            patches.append(mock.patch.object(module, "autotuning", lambda: False))
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)

@@ -3,9 +3,9 @@ of tests/triton has a replay, and a replay records the launches with an H200's t
 
 import pytest
 
-from fasttx.testing import requires_triton
+from fasttx.testing import requires_triton_interpreter
 
-pytestmark = requires_triton
+pytestmark = requires_triton_interpreter  # the replays record interpreted kernels
 gpu_launches = pytest.importorskip("tests.triton.gpu_launches")
 
 
