@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +58,10 @@ def test_rehearsal_runs_every_phase_and_out_comes_back_whole(tmp_path):
             not line.startswith("| phase")]
     phases = {row.split(" | ")[0].strip("| ") for row in rows}
     assert phases == set(gpu_run.PHASES)
-    for row in rows:  # every step ran and passed (nvcc and all: CI has the toolkit)
+    for row in rows:  # every step ran and passed (the ELF check needs nvcc's object)
+        if shutil.which("nvcc") is None and (" compile " in row or " sm90a-images " in row):
+            assert "skipped: nvcc not found" in row, row
+            continue
         assert " | ok | " in row, row
     tests = (out / "cpu" / "gpu-tests.txt").read_text()
     assert "commit: " in tests and "versions: python" in tests
