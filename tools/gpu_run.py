@@ -6,7 +6,8 @@ GPU time comes by chance and briefly (one machine, about 15 minutes in all, a ca
     FASTTX_COMMIT=<sha> python3 tools/gpu_run.py --budget 540 --out "$OUT"   # GPU, repo root
     python3 tools/gpu_run.py --plan --budget 540         # here: phases, estimates, the count
     python3 tools/gpu_run.py --rehearse                  # here (CI runs it): CPU, tiny sizes
-    python3 tools/gpu_run.py --phases smoke,tests --focus attention --out "$OUT"   # a rerun
+    python3 tools/gpu_run.py --phases build,tests --focus attention --out "$OUT"  # a rerun
+                                                   # (a fresh machine needs the build again)
 
 Phases, the smallest and most diagnostic first (``PHASES``):
 
@@ -234,7 +235,7 @@ class Plan:
             name = f"{tool}-{family}-{backend}" + ("-sm80" if extra else "")
             return Step(name, prefix + self.checks("smoke", family, backend, "--size",
                                                    "one-tile", *extra),
-                        60, 240, family=OP_FAMILY[family], needs_build=backend == "cuda",
+                        60, 180, family=OP_FAMILY[family], needs_build=backend == "cuda",
                         env=dict(PYTORCH_NO_CUDA_MEMORY_CACHING="1", FASTTX_NO_PROFILER="1"),
                         check=sanitizer_result,
                         skip=None if self.rehearse or sanitizer
@@ -744,7 +745,7 @@ def main(argv=None) -> int:
         return stand_in_sanitizer(argv[1], argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:9]))
+                                     epilog=__doc__.split("\n\nPhases")[0].split("\n\n", 1)[1])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--rehearse", action="store_true",
                       help="run every phase on CPU (interpreter, reference, tiny sizes)")
