@@ -328,6 +328,16 @@ def run_case(family: str, backend: str, case: Case, seed: int) -> list[str]:
     return failed
 
 
+def _device_usable() -> bool:
+    """False after a sticky CUDA error (an illegal address): the context is lost."""
+    try:
+        torch.zeros(1, device="cuda").add_(1)
+        torch.cuda.synchronize()
+        return True
+    except RuntimeError:
+        return False
+
+
 def command_smoke(args) -> int:
     cases = [c for c in _cases()[args.family] if args.size in ("all", c.size)
              and args.head_dim in (None, c.shape["dim"])]
@@ -343,14 +353,17 @@ def command_smoke(args) -> int:
         case_started = time.perf_counter()
         try:
             names = run_case(args.family, args.backend, case, seed=17 * index + 1)
+            if not REHEARSE:
+                torch.cuda.synchronize()  # an asynchronous error shows here, in this case
         except Exception as error:  # noqa: BLE001 - a case that raises is a failed check
             print(f"    FAIL raised {type(error).__name__}: {error}")
             names = ["raised"]
-        if not REHEARSE and torch.cuda.is_available():
-            torch.cuda.synchronize()  # a sticky error shows here, in this case
         print(f"    ({time.perf_counter() - case_started:.1f} s)", flush=True)
         failed += [f"{label}: {name}" for name in names]
         passed += not names
+        if "raised" in names and not REHEARSE and not _device_usable():
+            failed.append("the GPU context is broken: the cases after this one did not run")
+            break
         if index == 0 and args.backend == "cuda":
             wide, options = _inputs(args.family, case.shape, 1)
             low = _leaves(wide, DTYPES[case.dtype])
