@@ -328,6 +328,7 @@ class Run:
     def results_dir(self) -> Path:
         """OUT/<gpu>/: where results go in the committed format (benchmarks/results/<gpu>)."""
         name = self.facts.get("gpu") or ("cpu" if self.rehearse else "unknown-gpu")
+        # benchmarks.harness.slug's rule (this file imports nothing that imports torch)
         return self.out / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu")
 
     def record(self, outcome: Outcome) -> Outcome:

@@ -25,7 +25,9 @@ import contextlib
 import importlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections import Counter
@@ -283,8 +285,6 @@ def time_compiles(recorded: dict[str, list], samples: int) -> list[dict]:
                               if k not in ("num_warps", "num_stages")},
                 "options": {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}}
                for name, args, kwargs in picked]
-    import subprocess
-    import tempfile
     with tempfile.TemporaryDirectory() as cache:  # a cold cache: every compile is real
         done = subprocess.run([sys.executable, "-m", "tests.triton.gpu_launches", "--compile"],
                               input=json.dumps(request), capture_output=True, text=True,
@@ -296,20 +296,19 @@ def time_compiles(recorded: dict[str, list], samples: int) -> list[dict]:
 
 
 def _kernels_by_name() -> dict:
-    """Every Triton kernel of the launchers, by function name (JIT functions, unwrapped)."""
+    """Every Triton kernel, by function name: the JIT functions of the private kernel
+    modules fasttx/triton/_*.py (the launchers only wrap them)."""
+    import pkgutil
+
     import triton
+
+    import fasttx.triton as package
     kernels = {}
-    for name in LAUNCHER_MODULES:
-        module = importlib.import_module(f"fasttx.triton.{name}")
-        for value in vars(module).values():
-            candidates = value if isinstance(value, dict) else {0: value}
-            for candidate in candidates.values():
-                for kernel in (candidate if isinstance(candidate, tuple) else (candidate,)):
-                    kernel = next(iter(kernel.values())) if isinstance(kernel, dict) else kernel
-                    while hasattr(kernel, "fn") and not isinstance(kernel, triton.JITFunction):
-                        kernel = kernel.fn
-                    if isinstance(kernel, triton.JITFunction):
-                        kernels[kernel.fn.__name__] = kernel
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_"):
+            module = importlib.import_module(f"fasttx.triton.{info.name}")
+            kernels.update({value.fn.__name__: value for value in vars(module).values()
+                            if isinstance(value, triton.JITFunction)})
     return kernels
 
 
