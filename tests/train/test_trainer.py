@@ -220,14 +220,21 @@ def test_real_text_files_train_a_subword_tokenizer(tmp_path, quick_options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, steps", [("copy", 500), ("sort", 800), ("reverse", 1000),
+@pytest.mark.parametrize("task, steps", [("copy", 800), ("sort", 1200), ("reverse", 1000),
                                          ("numbers", 1000)])
 def test_tiny_preset_learns_each_synthetic_task(task, steps, quick_options):
-    """30-70 s each on one CPU core: held-out test sentences decoded greedily, exactly."""
+    """40-75 s each on one CPU core: held-out test sentences decoded greedily, exactly.
+
+    The step counts leave a margin over 0.9 exact matches at seeds 0-2 and with torch's
+    AVX2 and AVX-512 CPU kernels (measured: copy 0.99-1.0, sort 0.94-0.99, reverse 0.95,
+    numbers 0.96-0.99). Training is chaotic in the last bit, so a run that only just
+    passed (copy at 500 steps: 0.76-0.96) passed or failed by the machine's CPU. The
+    held-out NLL is judged, not the last batch's loss, which one long batch can spike.
+    """
     options = quick_options(task=task, synthetic_size=20_000, max_tokens=1024,
                             max_steps=steps, log_every=100, num_beams=1)
     summary = _run(options, save=False)
     assert summary.test.num_sentences == 500
     assert summary.test.exact_match >= 0.9, (task, summary.test)
-    assert summary.test.bleu >= 90 and summary.final_loss < 0.2
+    assert summary.test.bleu >= 90 and summary.test.loss < 0.1
     assert set(summary.backends.values()) == {"reference"}
