@@ -48,7 +48,7 @@ def test_translate_returns_hypotheses_in_corpus_order(setup, monkeypatch):
     whichever length-sorted batch decoded it; bos, eos and padding are cut off."""
     model, corpus, _ = setup
 
-    def echo(src, num_beams=1, length_penalty=0.6):
+    def echo(src, max_new_tokens=None, num_beams=1, length_penalty=0.6):
         bos = torch.full((src.shape[0], 1), model.config.bos_id)
         return torch.cat([bos, src, torch.zeros_like(bos)], dim=1)  # src ends with eos
 
