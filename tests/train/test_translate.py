@@ -2,6 +2,8 @@
 
 import io
 import os
+import random
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from fasttx.models import Seq2SeqTransformer
 from fasttx.train import Trainer, TrainOptions
 from fasttx.train.data import DataError
 from fasttx.train.evaluate import score_translations, translate
+from fasttx.train.tasks import TASKS
 from fasttx.train.translate import Translator, main
 from tests.train.conftest import QUICK
 
@@ -186,3 +189,26 @@ def test_max_len_caps_each_translation(run, capsys):
     assert any(len(ids) > 2 for ids in uncapped)  # else the cap would change nothing
     assert [trainer.data.tokenizer.encode(line) for line in lines] == \
         [ids[:2] for ids in uncapped]
+
+
+def test_a_text_file_run_translates_with_its_subword_tokenizer(tmp_path, capsys):
+    """A run on parallel text files: its BPE tokenizer comes back from the checkpoint, and
+    the test sources translate as the trainer decodes them (one batch for both)."""
+    rng = random.Random(secrets.randbits(32))
+    rows = [TASKS["numbers"].sample(rng) for _ in range(120)]
+    for split, part in (("train", rows[:100]), ("test", rows[100:])):
+        (tmp_path / f"{split}.src").write_text("".join(s + "\n" for s, _ in part))
+        (tmp_path / f"{split}.tgt").write_text("".join(t + "\n" for _, t in part))
+    files = {f"{split}_{side}": str(tmp_path / f"{split}.{side}")
+             for split in ("train", "test") for side in ("src", "tgt")}
+    options = TrainOptions(**{**QUICK, **files, "vocab_size": 60, "max_steps": 2,
+                              "max_tokens": 4096, "out": str(tmp_path / "run")}).resolved()
+    trainer = Trainer(options, echo=lambda *args, **kwargs: None)
+    trainer.run(evaluate=False)
+    translator = Translator.from_checkpoint(trainer.checkpoint_path)
+    assert type(translator.tokenizer).__name__ == "SubwordTokenizer"
+    assert translator.tokenizer.to_json() == trainer.data.tokenizer.to_json()
+    assert main([str(trainer.out), str(tmp_path / "test.src"), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [trainer.data.tokenizer.decode(ids)
+                     for ids in _trainers_decodes(trainer, options.num_beams)]
