@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,41 @@ class Seq2SeqTransformer(nn.Module):
             self.encoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, dropout=config.dropout)
             self.decoder_input_norm = AddLayerNorm(d, config.layer_norm_eps, dropout=config.dropout)
         self.reset_parameters()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike | dict, *,
+                        device: str | torch.device | None = None) -> Seq2SeqTransformer:
+        """The model that ``fasttx-train`` saved, with its trained weights, in eval mode.
+
+        Args:
+            checkpoint: the path of a ``checkpoint.pt`` that ``fasttx-train`` wrote, or the
+                dict that :func:`fasttx.train.checkpoint.load_checkpoint` read from one.
+            device: where to put the model; default the CPU. (The checkpoint stores its
+                tensors on the CPU whatever device trained it, so a GPU run's checkpoint
+                opens on a machine without one.)
+
+        The tokenizer saved with it, and translation of text: :class:`fasttx.train.translate.
+        Translator` (``Translator.from_checkpoint(path)``) or the ``fasttx-translate``
+        command. Raises :class:`fasttx.train.checkpoint.CheckpointError` for a file that is
+        missing, unreadable or not a fasttx training checkpoint.
+        """
+        # Read lazily: the checkpoint format belongs to fasttx.train, which imports this
+        # module (fasttx.models does not depend on the trainer otherwise).
+        from fasttx.train.checkpoint import FORMAT, load_checkpoint
+
+        if isinstance(checkpoint, dict):
+            if checkpoint.get("format") != FORMAT:
+                raise ValueError(f"checkpoint must be a path or a fasttx training checkpoint's "
+                                 f"dict (format {FORMAT!r}), got a dict with format "
+                                 f"{checkpoint.get('format')!r}")
+            state = checkpoint
+        else:
+            state = load_checkpoint(checkpoint)
+        model = cls(TransformerConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+        if device is not None:
+            model.to(device)
+        return model.eval()
 
     def reset_parameters(self) -> None:
         """Xavier-uniform projections (each D x D block of a fused projection on its own, as

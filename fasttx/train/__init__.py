@@ -9,7 +9,8 @@ Modules, in the order a run uses them: ``options`` (every flag and its default),
 ``data`` (reading parallel text, token-count batching, padding or packing), ``corpus``
 (the splits of a run), ``distributed`` (torchrun, DDP, FSDP), ``trainer`` (the loop),
 ``checkpoint`` (atomic, resumable checkpoints), ``evaluate`` (decoding, BLEU, chrF),
-``plots``, ``compare`` (``--compare-backends``) and ``cli``.
+``plots``, ``compare`` (``--compare-backends``) and ``cli``; then ``translate`` (the
+``fasttx-translate`` command: a checkpoint's model on new text).
 
 Needs the ``train`` extra: ``pip install 'fasttx[train]'`` (tokenizers, sacrebleu, tqdm,
 matplotlib).

@@ -26,29 +26,34 @@ import torch
 from fasttx.train.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["DataError", "EncodedCorpus", "TokenBatcher", "collate", "collate_packed",
-           "encode_corpus", "read_parallel"]
+           "decode_lines", "encode_corpus", "read_lines", "read_parallel"]
 
 
 class DataError(ValueError):
     """Unusable input data; the message names the file and, where it applies, the line."""
 
 
-def _read_lines(path: Path) -> list[str]:
-    """The lines of ``path`` (strict UTF-8, split at "\\n" only), surrounding whitespace
-    stripped. Only "\\n" ends a line, so a stray form feed or U+2028 cannot shift the
-    numbering of one side against the other."""
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of the file ``path``, as :func:`decode_lines` splits them."""
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    return decode_lines(data, path)
+
+
+def decode_lines(data: bytes, name) -> list[str]:
+    """The lines of ``data`` (strict UTF-8, split at "\\n" only), surrounding whitespace
+    stripped; ``name`` names the input in errors. Only "\\n" ends a line, so a stray form
+    feed or U+2028 cannot shift the numbering of one side against the other."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise DataError(f"{path}, line {line}: not valid UTF-8 ({error.reason}: byte "
+        raise DataError(f"{name}, line {line}: not valid UTF-8 ({error.reason}: byte "
                         f"0x{data[error.start]:02x})") from None
     if not text:
-        raise DataError(f"{path}: the file is empty")
+        raise DataError(f"{name}: the file is empty")
     lines = text.removeprefix("\ufeff").split("\n")
     if lines[-1] == "":  # the newline ending the last line
         lines.pop()
@@ -65,7 +70,7 @@ def read_parallel(src_path: str | os.PathLike,
     skipped line would misalign every pair after it. A final newline is optional.
     """
     src_path, tgt_path = Path(src_path), Path(tgt_path)
-    sources, targets = _read_lines(src_path), _read_lines(tgt_path)
+    sources, targets = read_lines(src_path), read_lines(tgt_path)
     for path, lines in ((src_path, sources), (tgt_path, targets)):
         empty = [number for number, line in enumerate(lines, start=1) if not line]
         if empty:

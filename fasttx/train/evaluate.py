@@ -70,20 +70,28 @@ def corpus_loss(model, corpus: EncodedCorpus, max_tokens: int, device, autocast)
 
 @torch.no_grad()
 def translate(model, corpus: EncodedCorpus, max_tokens: int, device, autocast,
-              num_beams: int = 1, length_penalty: float = 0.6) -> list[list[int]]:
+              num_beams: int = 1, length_penalty: float = 0.6,
+              max_new_tokens: int | None = None, on_batch=None) -> list[list[int]]:
     """Decodes every source sentence of ``corpus``; returns the token ids of each
-    hypothesis (without bos, eos and padding) in the corpus order."""
+    hypothesis (without bos, eos and padding) in the corpus order.
+
+    ``max_new_tokens``: as in :meth:`Seq2SeqTransformer.generate` (default: the batch's
+    longest source + 50); ``on_batch(count)``, if given, is called after each batch with
+    its number of sentences (to advance a progress bar).
+    """
     pad, eos = model.config.pad_id, model.config.eos_id
     hypotheses: list[list[int] | None] = [None] * len(corpus)
     for indices in _batches(corpus, max(1, max_tokens // max(num_beams, 1))):
         src, _ = collate(corpus, indices, pad)
         with autocast():
-            out = model.generate(src.to(device), num_beams=num_beams,
-                                 length_penalty=length_penalty)
+            out = model.generate(src.to(device), max_new_tokens=max_new_tokens,
+                                 num_beams=num_beams, length_penalty=length_penalty)
         for index, row in zip(indices, out.tolist(), strict=True):
             tokens = row[1:]
             hypotheses[index] = tokens[:tokens.index(eos)] if eos in tokens else \
                 [t for t in tokens if t != pad]
+        if on_batch is not None:
+            on_batch(len(indices))
     return hypotheses
 
 

@@ -44,7 +44,7 @@ from fasttx.train.distributed import (
 from fasttx.train.evaluate import Scores, evaluate
 from fasttx.train.options import TrainOptions, changed_options
 
-__all__ = ["NonFiniteLossError", "TrainSummary", "Trainer", "noam_lr"]
+__all__ = ["NonFiniteLossError", "TrainSummary", "Trainer", "noam_lr", "precision_autocast"]
 
 
 def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
@@ -54,6 +54,13 @@ def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
     """
     step = max(step, 1)
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
+def precision_autocast(precision: str, device: torch.device):
+    """The autocast context of ``--precision`` on ``device``: bf16 for "bf16", and for
+    "auto" on CUDA; else disabled (fp32)."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -226,9 +233,7 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
 
     def autocast(self):
-        bf16 = self.options.precision == "bf16" or (self.options.precision == "auto"
-                                                    and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        return precision_autocast(self.options.precision, self.device)
 
     def _collate(self, indices) -> tuple[object, int]:
         """This batch on the device (padded (src, tgt) or packed) and its number of target

@@ -48,7 +48,7 @@ def test_translate_returns_hypotheses_in_corpus_order(setup, monkeypatch):
     whichever length-sorted batch decoded it; bos, eos and padding are cut off."""
     model, corpus, _ = setup
 
-    def echo(src, num_beams=1, length_penalty=0.6):
+    def echo(src, max_new_tokens=None, num_beams=1, length_penalty=0.6):
         bos = torch.full((src.shape[0], 1), model.config.bos_id)
         return torch.cat([bos, src, torch.zeros_like(bos)], dim=1)  # src ends with eos
 
@@ -66,3 +66,16 @@ def test_evaluate_reports_scores_and_examples(setup):
     assert set(scores.metrics("valid")) == {"valid_loss", "valid_nll", "valid_bleu",
                                             "valid_chrf", "valid_exact_match",
                                             "valid_num_sentences", "valid_num_beams"}
+
+
+def test_translate_caps_the_length_and_reports_each_batch(setup):
+    """max_new_tokens cuts greedy decoding short (a prefix of the uncut hypotheses), and
+    on_batch hears of every batch."""
+    model, corpus, _ = setup
+    counts = []
+    capped = translate(model, corpus, 40, "cpu", contextlib.nullcontext, max_new_tokens=3,
+                       on_batch=counts.append)
+    full = translate(model, corpus, 40, "cpu", contextlib.nullcontext)
+    assert any(len(hypothesis) > 3 for hypothesis in full)  # the untrained model rambles
+    assert capped == [hypothesis[:3] for hypothesis in full]
+    assert len(counts) > 1 and sum(counts) == len(corpus)
