@@ -116,6 +116,9 @@ def test_gradcheck_with_dropout():
     (dict(dropout_p=-0.1), ValueError, "dropout_p"),
     (dict(x=torch.randn(4, 0), residual=None, weight=None, bias=None), ValueError, "x"),
     (dict(residual=torch.randn(4, 8, device="meta")), ValueError, "residual"),
+    (dict(return_residual=1), TypeError, "return_residual"),
+    (dict(return_residual="no"), TypeError, "return_residual"),
+    (dict(return_residual=torch.tensor(True)), TypeError, "return_residual"),
 ])
 def test_bad_inputs_name_the_argument(change, error, word):
     args = dict(x=torch.randn(4, 8), residual=torch.randn(4, 8), weight=torch.ones(8),
@@ -123,6 +126,13 @@ def test_bad_inputs_name_the_argument(change, error, word):
     args.update(change)
     with pytest.raises(error, match=word):
         fasttx.add_layer_norm(**args)
+
+
+def test_module_refuses_a_non_bool_return_residual():
+    """The nn module forwards return_residual to the functional API, which checks it."""
+    norm = fasttx.nn.AddLayerNorm(8)
+    with pytest.raises(TypeError, match="return_residual"):
+        norm(torch.randn(4, 8), torch.randn(4, 8), return_residual="yes")
 
 
 @gpu
