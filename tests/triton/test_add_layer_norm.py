@@ -471,6 +471,22 @@ def test_gpu_fp32_residual_stream_and_determinism(backend, dim):
         assert torch.equal(a, b)
 
 
+@gpu
+@pytest.mark.parametrize("dim", [1000, 12288, 20000])  # register/wide paths of both backends
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_constant_and_ill_conditioned_rows(backend, dtype, dim):
+    """Constant rows give exactly the bias at eps 1e-5 and 1e-12; rows of mean / std ~ 1e4
+    stay within budget (fp32)."""
+    x, residual, weight, bias = (t.to(DEVICE) for t in constant_rows(dim, dtype, seed=dim))
+    for eps in (1e-5, 1e-12):
+        y = fasttx.add_layer_norm(x, residual, weight, bias, eps, backend=backend)
+        assert_within_budget(y, bias.expand_as(y), floor=0.0, name=f"y at eps {eps}")
+    if dtype == torch.float32:
+        check_within_budget(*layer_norm_inputs((257, dim), dtype, seed=91, offset=2e4),
+                            eps=1e-12, seed=91, backend=backend)
+
+
 def test_strided_weight_and_bias_give_the_contiguous_results():
     x, residual = (random_tensor(5, 40, dtype=torch.float32, seed=60 + i) for i in range(2))
     packed = random_tensor(40, 2, dtype=torch.float32, seed=62, requires_grad=True)
