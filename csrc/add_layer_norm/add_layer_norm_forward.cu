@@ -15,6 +15,13 @@
 //   are of s as stored) when it fits, the two others (squared deviations, then y) read
 //   that copy, or s back from global memory (L2) when it does not fit. Each thread only
 //   reads back the elements it wrote itself, so the copy needs no synchronisation.
+// Reduction strategy for the statistics, in both kernels: a shifted two-pass, as in the
+// reference (fasttx/reference/add_layer_norm.py, shifted_row_statistics). Every thread of a
+// row reads the row's first element K of s (one broadcast load of a cached line), the sums
+// are of s - K, and mean = K + mean(s - K) is stored for the backward. A constant row shifts
+// to exact zeros, so y is exactly the bias whatever eps (unshifted, the rounding of mean(s)
+// leaves s - mean an ulp off zero, which rstd = 1 / sqrt(eps) magnifies a millionfold at
+// eps = 1e-12); rows far from zero (mean / std ~ 1e4) keep an accurate mean.
 // Both are templated on x's dtype X, the stream dtype S ((T, T) and (T, float) only) and
 // the vector width VEC (16 bytes of X, or 1 when D, a stride or a pointer is not
 // aligned for 16 bytes): 4 instantiations per (X, S), 20 in all.
@@ -52,16 +59,27 @@ __device__ __forceinline__ void residual_stream(const ForwardParams& params, int
   for (int j = 0; j < VEC; ++j) s[j] = round_to<S>(s[j]);
 }
 
-// y = (s - mean) * rstd * weight + bias for VEC elements, written in X.
+// K = s[row, 0] as stored: the shift of the row's statistics (see the file comment).
+template <typename X, typename S>
+__device__ __forceinline__ float stream_shift(const ForwardParams& params, int64_t row,
+                                              uint64_t seed) {
+  float first[1];
+  residual_stream<X, S, 1>(params, row, 0, seed, first);
+  return first[0];
+}
+
+// y = (s - K - shifted_mean) * rstd * weight + bias for VEC elements, written in X.
 template <typename X, int VEC>
 __device__ __forceinline__ void write_normalised(const ForwardParams& params, int64_t row,
-                                                 int column, const float (&s)[VEC],
-                                                 float mean, float rstd) {
+                                                 int column, const float (&s)[VEC], float shift,
+                                                 float shifted_mean, float rstd) {
   float weight[VEC], bias[VEC], y[VEC];
   load_parameter<X, VEC>(params.weight, params.weight_is_float, 1.0f, column, weight);
   load_parameter<X, VEC>(params.bias, params.bias_is_float, 0.0f, column, bias);
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) y[j] = __fmul_rn(__fmul_rn(s[j] - mean, rstd), weight[j]) + bias[j];
+  for (int j = 0; j < VEC; ++j) {
+    y[j] = __fmul_rn(__fmul_rn((s[j] - shift) - shifted_mean, rstd), weight[j]) + bias[j];
+  }
   store_floats<X, VEC>(static_cast<X*>(params.y) + row * params.dim + column, y);
 }
 
@@ -97,14 +115,19 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
   }
 
+  // first pass over the registers: the sum of s - K (only of elements inside the row)
+  const float shift = row_valid ? stream_shift<X, S>(params, row, seed) : 0.0f;
   float sum[1] = {0.0f};
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
+    const int column = (i * row_threads + lane) * VEC;
+    if (row_valid && column < dim) {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) sum[0] += s[i][j];
+      for (int j = 0; j < VEC; ++j) sum[0] += s[i][j] - shift;
+    }
   }
   row_group_sum(sum, row_threads, warp_sums);
-  const float mean = divide_by_dim(sum[0], dim);
+  const float shifted_mean = divide_by_dim(sum[0], dim);
 
   // second pass over the registers: squared deviations (only of elements inside the row)
   float squares[1] = {0.0f};
@@ -114,20 +137,25 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     if (row_valid && column < dim) {
       store_floats<S, VEC>(static_cast<S*>(params.stream) + row * dim + column, s[i]);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) squares[0] += (s[i][j] - mean) * (s[i][j] - mean);
+      for (int j = 0; j < VEC; ++j) {
+        const float deviation = (s[i][j] - shift) - shifted_mean;
+        squares[0] += deviation * deviation;
+      }
     }
   }
   row_group_sum(squares, row_threads, warp_sums);
   const float rstd = reciprocal_sqrt(divide_by_dim(squares[0], dim) + params.eps);
   if (row_valid && lane == 0) {
-    params.mean[row] = mean;
+    params.mean[row] = shift + shifted_mean;
     params.rstd[row] = rstd;
   }
 
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int column = (i * row_threads + lane) * VEC;
-    if (row_valid && column < dim) write_normalised<X, VEC>(params, row, column, s[i], mean, rstd);
+    if (row_valid && column < dim) {
+      write_normalised<X, VEC>(params, row, column, s[i], shift, shifted_mean, rstd);
+    }
   }
 }
 
@@ -149,7 +177,8 @@ __global__ void __launch_bounds__(kWideThreads)
   const S* const cached_row =
       cache_in_shared ? reinterpret_cast<const S*>(shared_bytes + kWarpSumBytes) : stream_row;
 
-  float sum[1] = {0.0f};
+  const float shift = stream_shift<X, S>(params, row, seed);
+  float sum[1] = {0.0f};  // of s - K
   for (int column = threadIdx.x * VEC; column < dim; column += stride) {
     float s[VEC];
     residual_stream<X, S, VEC>(params, row, column, seed, s);
@@ -158,10 +187,10 @@ __global__ void __launch_bounds__(kWideThreads)
       store_floats<S, VEC>(reinterpret_cast<S*>(shared_bytes + kWarpSumBytes) + column, s);
     }
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) sum[0] += s[j];
+    for (int j = 0; j < VEC; ++j) sum[0] += s[j] - shift;
   }
   row_group_sum(sum, blockDim.x, warp_sums);
-  const float mean = divide_by_dim(sum[0], dim);
+  const float shifted_mean = divide_by_dim(sum[0], dim);
 
   // second pass: squared deviations, from the copy each thread wrote itself
   float squares[1] = {0.0f};
@@ -169,19 +198,22 @@ __global__ void __launch_bounds__(kWideThreads)
     float s[VEC];
     load_floats<S, VEC>(cached_row + column, s);
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) squares[0] += (s[j] - mean) * (s[j] - mean);
+    for (int j = 0; j < VEC; ++j) {
+      const float deviation = (s[j] - shift) - shifted_mean;
+      squares[0] += deviation * deviation;
+    }
   }
   row_group_sum(squares, blockDim.x, warp_sums);
   const float rstd = reciprocal_sqrt(divide_by_dim(squares[0], dim) + params.eps);
   if (threadIdx.x == 0) {
-    params.mean[row] = mean;
+    params.mean[row] = shift + shifted_mean;
     params.rstd[row] = rstd;
   }
 
   for (int column = threadIdx.x * VEC; column < dim; column += stride) {
     float s[VEC];
     load_floats<S, VEC>(cached_row + column, s);
-    write_normalised<X, VEC>(params, row, column, s, mean, rstd);
+    write_normalised<X, VEC>(params, row, column, s, shift, shifted_mean, rstd);
   }
 }
 

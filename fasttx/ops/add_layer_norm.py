@@ -76,7 +76,7 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5, *, dropout_p=0.0, return
         weight, bias: None or (D,).
         eps: added to the variance.
         dropout_p: dropout on x (applied whenever > 0; pass 0.0 in eval mode).
-        return_residual: also return s = residual + dropout(x), for pre-norm stacks.
+        return_residual: bool; also return s = residual + dropout(x), for pre-norm stacks.
         backend: "reference", "triton", "cuda", "auto", or None for the active default.
 
     Returns:
@@ -100,6 +100,7 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5, *, dropout_p=0.0, return
             _checks.shape(name, param, (dim,), "(D,) with D = x.shape[-1]")
     eps = _checks.positive("eps", eps)
     dropout_p = _checks.probability("dropout_p", dropout_p)
+    return_residual = _checks.flag("return_residual", return_residual)
 
     rows = x.reshape(-1, dim)
     residual_rows = None if residual is None else residual.reshape(-1, dim)

@@ -8,6 +8,8 @@ Forward, step by step (statistics in fp32, fp64 for fp64 inputs):
     mean = s.mean(-1); rstd = 1 / sqrt(s.var(-1, unbiased=False) + eps)
     y = (s - mean) * rstd * weight + bias
 
+The statistics are a shifted two-pass: see ``shifted_row_statistics``.
+
 Dropout counter layout: element (n, d) of x has counter n * D + d.
 """
 
@@ -16,6 +18,25 @@ from __future__ import annotations
 import torch
 
 from fasttx.reference._common import accumulation_dtype, dropout_scale
+
+
+def shifted_row_statistics(rows):
+    """Returns s - mean (N, D), mean and the biased variance (N,) of rows s (N, D).
+
+    Reduction strategy: a shifted two-pass. Each row is shifted by its first element K
+    (s - K is exact for s within a factor 2 of K), then mean' = mean(s - K) and
+    var = mean((s - K - mean')^2) are taken over the shifted values, and mean = K + mean'.
+    A constant row shifts to exact zeros, so s - mean is exactly 0 and y exactly the bias
+    (as F.layer_norm gives) whatever eps; unshifted, fl(mean(s)) may miss the constant by an
+    ulp, which rstd = 1 / sqrt(eps) magnifies (1e6 at BERT's eps = 1e-12). For a row far
+    from zero (mean / std ~ 1e4) the shifted values are of the size of the spread, so the
+    mean and the deviations keep their accuracy.
+    """
+    shifted = rows - rows[:, :1]
+    shifted_mean = shifted.mean(-1, keepdim=True)
+    centred = shifted - shifted_mean
+    mean = (rows[:, :1] + shifted_mean).squeeze(-1)
+    return centred, mean, centred.square().mean(-1)
 
 
 def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout_p):
@@ -30,9 +51,9 @@ def add_layer_norm_forward(x, residual, weight, bias, eps, dropout_seed, dropout
         summed = summed + residual.to(acc)
     # statistics of s as returned (rounded to the stream dtype), which the backward reads
     summed = summed.to(stream_dtype).to(acc)
-    mean = summed.mean(-1)
-    rstd = torch.rsqrt(summed.var(-1, unbiased=False) + eps)
-    y = (summed - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
+    centred, mean, variance = shifted_row_statistics(summed)
+    rstd = torch.rsqrt(variance + eps)
+    y = centred * rstd.unsqueeze(-1)
     if weight is not None:
         y = y * weight.to(acc)
     if bias is not None:

@@ -14,6 +14,13 @@ The launcher picks the kernel from the hidden size D:
   catastrophic cancellation); the second reads s back, which the same program has just
   written and so mostly comes from L2, and normalises it.
 
+Reduction strategy for the statistics, in both kernels: shifted by the row's first element K
+(as ``fasttx.reference.add_layer_norm.shifted_row_statistics``): mean' and the squared
+deviations are of s - K, and mean = K + mean' is stored for the backward. A constant row
+shifts to exact zeros, so y is exactly the bias whatever eps (unshifted, the tree sum's
+rounding of mean(s) leaves s - mean an ulp off zero, which rstd = 1 / sqrt(eps) magnifies);
+rows far from zero keep an accurate mean.
+
 The statistics and y are those of s as stored, rounded to the stream dtype (as plain PyTorch
 computes them, and as the backward reads s back): were they of the unrounded sum, a row of
 near-constant s would normalise its rounding error by a large rstd.
@@ -89,11 +96,14 @@ def add_layer_norm_forward_kernel(
     tl.store(stream_ptr + offsets, s, mask=ok)
     s = s.to(tl.float32)
 
-    # two-pass statistics over the registers: mean first, then centred squares
-    mean = tl.sum(s, 1) / dim
-    centred = tl.where(ok, s - mean[:, None], 0.0)
+    # shifted two-pass statistics over the registers (see the file comment): the mean of
+    # s - K first, then the centred squares
+    shift = tl.sum(tl.where(cols[None, :] == 0, s, 0.0), 1)  # K = s[:, 0], exactly
+    shifted = tl.where(ok, s - shift[:, None], 0.0)
+    shifted_mean = tl.sum(shifted, 1) / dim
+    centred = tl.where(ok, shifted - shifted_mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt_rn(tl.sum(centred * centred, 1) / dim + eps)
-    tl.store(mean_ptr + rows, mean, mask=row_ok)
+    tl.store(mean_ptr + rows, shift + shifted_mean, mask=row_ok)
     tl.store(rstd_ptr + rows, rstd, mask=row_ok)
     y = affine(centred * rstd[:, None], weight_ptr, bias_ptr, cols[None, :], col_ok[None, :],
                HAS_WEIGHT, HAS_BIAS)
@@ -122,7 +132,11 @@ def add_layer_norm_forward_wide_kernel(
     seed = 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
-    mean = 0.0
+    # the statistics are of s - K with K = s[row, 0] as stored (see the file comment)
+    shift = residual_stream(x_ptr, residual_ptr, row, 0, row < n_rows, seed, dim, stride_x,
+                            stride_r, dropout_p, dropout_scale, HAS_RESIDUAL, DROPOUT)
+    shift = shift.to(stream_ptr.dtype.element_ty).to(tl.float32)
+    mean = 0.0     # of s - K
     squares = 0.0  # sum of squared deviations from the running mean
     count = 0.0
     for start in range(0, dim, BLOCK_D):
@@ -132,10 +146,10 @@ def add_layer_norm_forward_wide_kernel(
                             dropout_p, dropout_scale, HAS_RESIDUAL, DROPOUT)
         s = s.to(stream_ptr.dtype.element_ty)  # statistics of s as stored
         tl.store(stream_ptr + row * dim + cols, s, mask=ok)
-        s = s.to(tl.float32)
+        shifted = tl.where(ok, s.to(tl.float32) - shift, 0.0)
         chunk_count = tl.sum(ok.to(tl.float32), 0)
-        chunk_mean = tl.sum(s, 0) / chunk_count
-        deviation = tl.where(ok, s - chunk_mean, 0.0)
+        chunk_mean = tl.sum(shifted, 0) / chunk_count
+        deviation = tl.where(ok, shifted - chunk_mean, 0.0)
         # merge (count, mean, squares) with the chunk's: exact in exact arithmetic
         delta = chunk_mean - mean
         total = count + chunk_count
@@ -143,12 +157,13 @@ def add_layer_norm_forward_wide_kernel(
         squares += tl.sum(deviation * deviation, 0) + delta * delta * (count / total) * chunk_count
         count = total
     rstd = 1.0 / tl.sqrt_rn(squares / dim + eps)
-    tl.store(mean_ptr + row, mean)
+    tl.store(mean_ptr + row, shift + mean)
     tl.store(rstd_ptr + row, rstd)
 
     for start in range(0, dim, BLOCK_D):
         cols = start + chunk
         ok = cols < dim
         s = tl.load(stream_ptr + row * dim + cols, mask=ok, other=0.0).to(tl.float32)
-        y = affine((s - mean) * rstd, weight_ptr, bias_ptr, cols, ok, HAS_WEIGHT, HAS_BIAS)
+        y = affine((s - shift - mean) * rstd, weight_ptr, bias_ptr, cols, ok, HAS_WEIGHT,
+                   HAS_BIAS)
         tl.store(y_ptr + row * dim + cols, y.to(y_ptr.dtype.element_ty), mask=ok)

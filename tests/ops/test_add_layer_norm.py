@@ -116,6 +116,9 @@ def test_gradcheck_with_dropout():
     (dict(dropout_p=-0.1), ValueError, "dropout_p"),
     (dict(x=torch.randn(4, 0), residual=None, weight=None, bias=None), ValueError, "x"),
     (dict(residual=torch.randn(4, 8, device="meta")), ValueError, "residual"),
+    (dict(return_residual=1), TypeError, "return_residual"),
+    (dict(return_residual="no"), TypeError, "return_residual"),
+    (dict(return_residual=torch.tensor(True)), TypeError, "return_residual"),
 ])
 def test_bad_inputs_name_the_argument(change, error, word):
     args = dict(x=torch.randn(4, 8), residual=torch.randn(4, 8), weight=torch.ones(8),
@@ -123,6 +126,13 @@ def test_bad_inputs_name_the_argument(change, error, word):
     args.update(change)
     with pytest.raises(error, match=word):
         fasttx.add_layer_norm(**args)
+
+
+def test_module_refuses_a_non_bool_return_residual():
+    """The nn module forwards return_residual to the functional API, which checks it."""
+    norm = fasttx.nn.AddLayerNorm(8)
+    with pytest.raises(TypeError, match="return_residual"):
+        norm(torch.randn(4, 8), torch.randn(4, 8), return_residual="yes")
 
 
 @gpu
@@ -135,3 +145,60 @@ def test_reference_on_gpu_within_budget(dtype):
     expected, _ = torch_add_layer_norm(*(t.double() for t in (x, residual, weight, bias)), 1e-5)
     baseline, _ = torch_add_layer_norm(x, residual, weight, bias, 1e-5)
     assert_within_budget(y, expected, baseline)
+
+
+# ---- ill-conditioned statistics: constant rows, rows far from zero ----
+
+def constant_rows(dim, dtype, *, seed, with_residual=True):
+    """x (9, dim) and a residual (or None), each constant along every row (values from 0.1
+    to 1e4, most with an inexact fp32 mean of D copies), so that s is too; weight, bias (dim,)."""
+    scales = torch.tensor([0.1, 1 / 3, 1.0, -7.3, 30.0, 1e2, -1e3, 1e4, 0.0],
+                          dtype=torch.float64)
+    values = scales * (1 + random_tensor(9, dtype=torch.float64, seed=seed, scale=0.1))
+
+    def rows_of(row_values):
+        return row_values.to(dtype).unsqueeze(-1).expand(9, dim).contiguous()
+
+    x = rows_of(values * 0.37 if with_residual else values)
+    residual = rows_of(values) if with_residual else None
+    weight, bias = (random_tensor(dim, dtype=dtype, seed=seed + i) for i in (1, 2))
+    return x, residual, weight, bias
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-12])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dim,with_residual", [(37, True), (257, False), (1000, True)])
+def test_constant_rows_give_exactly_the_bias(dim, with_residual, dtype, eps):
+    """As F.layer_norm: s - mean is exactly 0, so y is the bias whatever eps (BERT's 1e-12
+    would otherwise magnify an ulp of the mean a millionfold)."""
+    x, residual, weight, bias = constant_rows(dim, dtype, seed=dim, with_residual=with_residual)
+    y = fasttx.add_layer_norm(x, residual, weight, bias, eps, backend="reference")
+    assert_within_budget(y, bias.expand_as(y), floor=0.0, name="y")
+
+
+def ill_conditioned_rows(shape, *, seed, offset=1e4):
+    """x, residual (fp32) whose sum is offset + noise of std 1 (mean / std ~ 1e4), weight and
+    bias (D,), all leaves that require grad."""
+    x = random_tensor(*shape, seed=seed, scale=0.6, requires_grad=True)
+    residual = (random_tensor(*shape, dtype=torch.float64, seed=seed + 1, scale=0.8) + offset)
+    weight, bias = (random_tensor(shape[-1], seed=seed + i, requires_grad=True) for i in (2, 3))
+    return x, residual.float().requires_grad_(True), weight, bias
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-12])
+@pytest.mark.parametrize("shape", [(61, 77), (3, 7, 300)], ids=str)
+def test_ill_conditioned_rows_within_budget(shape, eps):
+    """Rows of mean / std ~ 1e4 (a large residual stream): y and every gradient against the
+    float64 F.layer_norm, plain F.layer_norm in fp32 as the baseline."""
+    inputs = ill_conditioned_rows(shape, seed=sum(shape))
+    wide = [t.detach().double().requires_grad_(True) for t in inputs]
+    y = fasttx.add_layer_norm(*inputs, eps, backend="reference")
+    expected, _ = torch_add_layer_norm(*wide, eps)
+    baseline, _ = torch_add_layer_norm(*inputs, eps)
+    assert_within_budget(y, expected, baseline, name="y")
+    grad = random_tensor(*shape, seed=5)
+    for name, got, want, base in zip(
+            ("dx", "dresidual", "dweight", "dbias"), torch.autograd.grad(y, inputs, grad),
+            torch.autograd.grad(expected, wide, grad.double()),
+            torch.autograd.grad(baseline, inputs, grad), strict=True):
+        assert_within_budget(got, want, base, factor=3.0, name=name)

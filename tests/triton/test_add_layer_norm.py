@@ -23,7 +23,7 @@ from fasttx.testing import (
     requires_triton,
     to_float64,
 )
-from tests.ops.test_add_layer_norm import torch_add_layer_norm
+from tests.ops.test_add_layer_norm import constant_rows, torch_add_layer_norm
 from tests.triton.launches import recorded_launches
 
 pytestmark = requires_triton
@@ -216,6 +216,30 @@ def test_strided_rows_give_the_contiguous_results():
         assert torch.equal(y, y_copy) and torch.equal(s, s_copy)
         for got, want in zip(grads, copy_grads, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 64])
+@pytest.mark.parametrize("eps", [1e-5, 1e-12])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dim,with_residual", [(100, True), (257, False)])
+def test_constant_rows_give_exactly_the_bias(dim, with_residual, dtype, eps, chunk):
+    """As F.layer_norm: the shifted statistics make s - mean exactly 0, so y is the bias
+    whatever eps, on the register and the wide-row path."""
+    x, residual, weight, bias = (None if t is None else t.to(DEVICE) for t in constant_rows(
+        dim, dtype, seed=dim, with_residual=with_residual))
+    with column_chunks(chunk) if chunk else contextlib.nullcontext():
+        y = fasttx.add_layer_norm(x, residual, weight, bias, eps, backend="triton")
+    assert_within_budget(y, bias.expand_as(y), floor=0.0, name="y")
+
+
+@pytest.mark.parametrize("chunk", [None, 32])
+@pytest.mark.parametrize("eps", [1e-5, 1e-12])
+def test_ill_conditioned_rows_within_budget(eps, chunk):
+    """A residual stream around 2e4 and noise of std ~2 (mean / std ~ 1e4): y, s and every
+    gradient within budget, dweight and dbias within 3x of F.layer_norm's fp32 error."""
+    inputs = layer_norm_inputs((37, 150), torch.float32, seed=90, offset=2e4)
+    with column_chunks(chunk) if chunk else contextlib.nullcontext():
+        check_within_budget(*inputs, eps=eps, seed=90)
 
 
 # ---- the wide-row path: forced at small sizes with column_chunks ----
@@ -445,6 +469,22 @@ def test_gpu_fp32_residual_stream_and_determinism(backend, dim):
                                  retain_graph=True) for _ in range(2)]
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
+
+
+@gpu
+@pytest.mark.parametrize("dim", [1000, 12288, 20000])  # register/wide paths of both backends
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", gpu_backends)
+def test_gpu_constant_and_ill_conditioned_rows(backend, dtype, dim):
+    """Constant rows give exactly the bias at eps 1e-5 and 1e-12; rows of mean / std ~ 1e4
+    stay within budget (fp32)."""
+    x, residual, weight, bias = (t.to(DEVICE) for t in constant_rows(dim, dtype, seed=dim))
+    for eps in (1e-5, 1e-12):
+        y = fasttx.add_layer_norm(x, residual, weight, bias, eps, backend=backend)
+        assert_within_budget(y, bias.expand_as(y), floor=0.0, name=f"y at eps {eps}")
+    if dtype == torch.float32:
+        check_within_budget(*layer_norm_inputs((257, dim), dtype, seed=91, offset=2e4),
+                            eps=1e-12, seed=91, backend=backend)
 
 
 def test_strided_weight_and_bias_give_the_contiguous_results():
