@@ -72,11 +72,13 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def probability(name: str, value) -> float:
+def probability(name: str, value, *, allow_one: bool = False) -> float:
+    """A dropout probability in [0, 1), or [0, 1] with ``allow_one``."""
+    interval = "[0, 1]" if allow_one else "[0, 1)"
     if not _is_number(value):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
+        raise TypeError(f"{name} must be a float in {interval}, got {type(value).__name__}")
+    if not (0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
     return float(value)
 
 
