@@ -176,7 +176,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if dropout_p == 1.0 or 0 in full:  # handled here, once for every backend
         return _attend_to_no_key(query, key, value, attn_mask)
 
-    # Broadcast batch dimensions are expanded with stride 0; the kernels read through strides.
+    # Broadcast batch dimensions are expanded with stride 0, which the kernels read through
+    # their strides; flattening several batch dimensions, some broadcast, may copy instead.
     q = query.expand(*batch, *query.shape[-3:]).reshape(-1, heads, len_q, dim)
     k = key.expand(*batch, *key.shape[-3:]).reshape(-1, *key.shape[-3:])
     v = value.expand(*batch, *value.shape[-3:]).reshape(-1, *value.shape[-3:])
