@@ -19,6 +19,10 @@ def tensor(name: str, value, *, min_dim: int = 1, dim: int | None = None,
     """Checks that ``value`` is a tensor of an allowed dtype and rank."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_nested or value.layout != torch.strided:
+        kind = "a nested tensor" if value.is_nested else f"layout {value.layout}"
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {kind}: pad the "
+                        f"sequences (with a mask), or pack them for fasttx.varlen_attention")
     if value.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({allowed}), got {value.dtype}")
@@ -72,11 +76,13 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def probability(name: str, value) -> float:
+def probability(name: str, value, *, allow_one: bool = False) -> float:
+    """A dropout probability in [0, 1), or [0, 1] with ``allow_one``."""
+    interval = "[0, 1]" if allow_one else "[0, 1)"
     if not _is_number(value):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
+        raise TypeError(f"{name} must be a float in {interval}, got {type(value).__name__}")
+    if not (0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
     return float(value)
 
 
@@ -111,9 +117,11 @@ def autocast(device: torch.device, *tensors: torch.Tensor | None):
     """The tensors as ``torch.autocast`` would hand them to a matmul on ``device``.
 
     Under autocast, fp32/fp16/bf16 tensors are cast to the autocast dtype; fp64 tensors
-    (and everything outside autocast) are returned unchanged, as torch does.
+    (and everything outside autocast) are returned unchanged, as torch does; so are the
+    tensors of a device type autocast does not know (meta tensors, as torch's ops keep them).
     """
-    if not torch.is_autocast_enabled(device.type):
+    if (not torch.amp.is_autocast_available(device.type)
+            or not torch.is_autocast_enabled(device.type)):
         return tensors
     target = torch.get_autocast_dtype(device.type)
     castable = (torch.float32, torch.float16, torch.bfloat16)

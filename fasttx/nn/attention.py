@@ -146,7 +146,7 @@ class MultiheadAttention(nn.Module):
             (N, num_heads, L, S) per head ((L, S) / (num_heads, L, S) unbatched), where S
             counts the extra ``add_bias_kv``/``add_zero_attn`` positions.
         """
-        batched = self._check_inputs(query, key, value)
+        batched = self._check_inputs(query, key, value, attn_mask, key_padding_mask)
         self_attention, shared_kv = query is key and key is value, key is value
         seq_first = batched and not self.batch_first
         if not batched:  # a batch of one, laid out batch-first
@@ -156,8 +156,8 @@ class MultiheadAttention(nn.Module):
         q, k, v = (self._split_heads(x, seq_first) for x in (q, k, v))
         len_k = k.shape[2]
         k, v = self._append_extra_positions(k, v)
-        mask, is_causal = self._attention_mask(attn_mask, key_padding_mask, is_causal, batched,
-                                               q, len_k, extra=k.shape[2] - len_k)
+        mask, is_causal = self._attention_mask(attn_mask, key_padding_mask, is_causal, q, len_k,
+                                               extra=k.shape[2] - len_k)
 
         out = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -211,8 +211,13 @@ class MultiheadAttention(nn.Module):
 
     # ---------------------------------------------------------------- validation and masks
 
-    def _check_inputs(self, query, key, value) -> bool:
-        """Validates query/key/value; returns whether the input is batched."""
+    def _check_inputs(self, query, key, value, attn_mask, key_padding_mask,
+                      mask_names=("attn_mask", "key_padding_mask")) -> bool:
+        """Validates the inputs; returns whether they are batched.
+
+        ``mask_names`` name the masks in the errors: the Transformer layers pass theirs
+        (``tgt_mask``, ``memory_key_padding_mask``, ...), which reach this module renamed.
+        """
         for name, x in (("query", query), ("key", key), ("value", value)):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -236,9 +241,17 @@ class MultiheadAttention(nn.Module):
         if batched and key.shape[batch_dim] != query.shape[batch_dim]:
             raise ValueError(f"key must have query's batch size {query.shape[batch_dim]} in "
                              f"dimension {batch_dim}, got shape {tuple(key.shape)}")
+        seq_dim = 1 if batched and self.batch_first else 0
+        batch = query.shape[batch_dim] if batched else 1
+        len_q, len_k = query.shape[seq_dim], key.shape[seq_dim]
+        attn_mask_name, key_padding_mask_name = mask_names
+        _check_mask(attn_mask, attn_mask_name,
+                    ((len_q, len_k), (batch * self.num_heads, len_q, len_k)))
+        _check_mask(key_padding_mask, key_padding_mask_name,
+                    ((batch, len_k) if batched else (len_k,),))
         return batched
 
-    def _attention_mask(self, attn_mask, key_padding_mask, is_causal, batched, q, len_k, extra):
+    def _attention_mask(self, attn_mask, key_padding_mask, is_causal, q, len_k, extra):
         """torch's masks -> (mask, is_causal) for fasttx's SDPA, given q (N, H, L, D).
 
         The mask broadcasts to (N, H, L, S + extra): bool True = may attend, or float added.
@@ -247,12 +260,10 @@ class MultiheadAttention(nn.Module):
         batch, heads, len_q = q.shape[:3]
         merged = None
         if key_padding_mask is not None:
-            shape = (batch, len_k) if batched else (len_k,)
-            mask = _visible(key_padding_mask, "key_padding_mask", (shape,), extra)
+            mask = _visible(key_padding_mask, extra)
             merged = mask.reshape(batch, 1, 1, len_k + extra)  # broadcast: no (N, H, L, S) copy
         if attn_mask is not None:
-            shapes = ((len_q, len_k), (batch * heads, len_q, len_k))
-            mask = _visible(attn_mask, "attn_mask", shapes, extra)
+            mask = _visible(attn_mask, extra)
             if mask.dim() == 3:
                 mask = mask.reshape(batch, heads, len_q, len_k + extra)
             merged = _combine(merged, mask, q.dtype)
@@ -264,12 +275,10 @@ class MultiheadAttention(nn.Module):
         return merged, bool(is_causal)
 
 
-def _visible(mask, name: str, shapes: tuple[tuple[int, ...], ...], extra: int) -> torch.Tensor:
-    """A torch-convention mask (bool True = ignore) -> fasttx's (bool True = may attend).
-
-    ``shapes`` are the allowed shapes. Float masks are kept (they are added either way).
-    ``extra`` visible columns are appended.
-    """
+def _check_mask(mask, name: str, shapes: tuple[tuple[int, ...], ...]) -> None:
+    """Checks that ``mask`` is None, or a bool or float tensor of one of ``shapes``."""
+    if mask is None:
+        return
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
     if mask.dtype != torch.bool and not mask.is_floating_point():
@@ -277,6 +286,13 @@ def _visible(mask, name: str, shapes: tuple[tuple[int, ...], ...], extra: int) -
     if tuple(mask.shape) not in shapes:
         expected = " or ".join(str(shape) for shape in shapes)
         raise ValueError(f"{name} must have shape {expected}, got {tuple(mask.shape)}")
+
+
+def _visible(mask: torch.Tensor, extra: int) -> torch.Tensor:
+    """A torch-convention mask (bool True = ignore) -> fasttx's (bool True = may attend).
+
+    Float masks are kept (they are added either way). ``extra`` visible columns are appended.
+    """
     is_bool = mask.dtype == torch.bool
     if is_bool:
         mask = ~mask

@@ -94,7 +94,10 @@ class _LayerOps(nn.Module):
                             dropout_p=_dropout_p(self.dropout))
 
     def _attend(self, attention: MultiheadAttention, x, memory, attn_mask, key_padding_mask,
-                is_causal):
+                is_causal, mask_names: tuple[str, str]):
+        """``attention`` of x over memory; ``mask_names`` are the layer's names of the two
+        masks (``tgt_mask``, ``tgt_key_padding_mask``), which the errors use."""
+        attention._check_inputs(x, memory, memory, attn_mask, key_padding_mask, mask_names)
         if is_causal:
             # torch's contract: the hint says attn_mask *is* the causal mask. Trusting it, the
             # kernels skip the masked tiles and read the padding as one broadcast row instead
@@ -166,7 +169,8 @@ class TransformerEncoderLayer(_LayerOps):
                 src_key_padding_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
         def self_attention(x):
-            return self._attend(self.self_attn, x, x, src_mask, src_key_padding_mask, is_causal)
+            return self._attend(self.self_attn, x, x, src_mask, src_key_padding_mask, is_causal,
+                                ("src_mask", "src_key_padding_mask"))
 
         return self._sublayers(src, [(self.norm1, self.dropout1, self_attention),
                                      (self.norm2, self.dropout2, self._ff_block)])
@@ -216,11 +220,12 @@ class TransformerDecoderLayer(_LayerOps):
                 tgt_is_causal: bool = False, memory_is_causal: bool = False) -> torch.Tensor:
         def self_attention(x):
             return self._attend(self.self_attn, x, x, tgt_mask, tgt_key_padding_mask,
-                                tgt_is_causal)
+                                tgt_is_causal, ("tgt_mask", "tgt_key_padding_mask"))
 
         def cross_attention(x):
             return self._attend(self.multihead_attn, x, memory, memory_mask,
-                                memory_key_padding_mask, memory_is_causal)
+                                memory_key_padding_mask, memory_is_causal,
+                                ("memory_mask", "memory_key_padding_mask"))
 
         return self._sublayers(tgt, [(self.norm1, self.dropout1, self_attention),
                                      (self.norm2, self.dropout2, cross_attention),

@@ -68,24 +68,33 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_inputs(query, key, value, attn_mask, enable_gqa):
+    """Validates the inputs; returns the output's batch dimensions N... (query's, key's and
+    value's broadcast together, as torch's SDPA does) and (H, Lq, Lk)."""
     _checks.tensor("query", query, min_dim=3)
     _checks.tensor("key", key, min_dim=3)
     _checks.tensor("value", value, min_dim=3)
     _checks.same_dtype(query=query, key=key, value=value)
     _checks.optional_tensor("attn_mask", attn_mask, dtypes=(torch.bool,) + _checks.FLOATING)
     _checks.same_device(query=query, key=key, value=value, attn_mask=attn_mask)
-    *batch, heads, len_q, dim = query.shape
+    heads, len_q, dim = query.shape[-3:]
     if key.dim() != query.dim() or value.dim() != query.dim():
         raise ValueError(
             f"query, key and value must have the same number of dimensions (N..., H, L, E), "
             f"got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    try:
+        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    except RuntimeError:
+        raise ValueError(
+            f"the batch dimensions N... of query, key and value must broadcast together, got "
+            f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}") from None
     kv_heads, len_k = key.shape[-3], key.shape[-2]
-    _checks.shape("key", key, (*batch, kv_heads, len_k, dim),
-                  "(N..., Hk, Lk, E) with query's N... and E")
-    _checks.shape("value", value, (*batch, kv_heads, len_k, value.shape[-1]),
-                  "(N..., Hk, Lk, Ev) with key's N..., Hk and Lk")
-    _checks.nonempty("query", query, range(query.dim() - 3, query.dim()))
-    _checks.nonempty("key", key, range(key.dim() - 3, key.dim()))
+    _checks.shape("key", key, (*key.shape[:-3], kv_heads, len_k, dim),
+                  "(N..., Hk, Lk, E) with query's E")
+    _checks.shape("value", value, (*value.shape[:-3], kv_heads, len_k, value.shape[-1]),
+                  "(N..., Hk, Lk, Ev) with key's Hk and Lk")
+    # Lq and Lk may be 0 (see _attend_to_no_key); heads and head dims may not.
+    _checks.nonempty("query", query, (query.dim() - 3, query.dim() - 1))
+    _checks.nonempty("key", key, (key.dim() - 3, key.dim() - 1))
     _checks.nonempty("value", value, (value.dim() - 1,))
     if kv_heads != heads:
         if not enable_gqa:
@@ -106,6 +115,22 @@ def _check_inputs(query, key, value, attn_mask, enable_gqa):
     return full
 
 
+def _attend_to_no_key(query, key, value, attn_mask):
+    """(N..., H, Lq, Ev) zeros: attention where no key is attended (Lk = 0, every key
+    dropped with dropout_p = 1, or nothing to attend from: Lq = 0 or an empty batch).
+
+    Computed as attention over zero keys in plain torch (matmuls with an empty inner
+    dimension), so that, as from torch's SDPA, the output is connected to the inputs and
+    query, key, value and a float mask each get a zero gradient of their shape.
+    """
+    groups = query.shape[-3] // key.shape[-3]
+    key, value = (t[..., :0, :].repeat_interleave(groups, dim=-3) for t in (key, value))
+    scores = query @ key.transpose(-2, -1)  # (N..., H, Lq, 0)
+    if attn_mask is not None and attn_mask.is_floating_point():
+        scores = scores + attn_mask[..., :0].to(scores.dtype)
+    return scores @ value
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, *, backend=None):
     """Fused masked attention, with the contract of ``F.scaled_dot_product_attention``.
@@ -114,10 +139,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         query: (N..., H, Lq, E).
         key: (N..., Hk, Lk, E); Hk == H, or a divisor of H with ``enable_gqa=True``.
         value: (N..., Hk, Lk, Ev).
+            The batch dimensions N... of query, key and value broadcast together (a key and
+            value of batch 1 serve every query batch, expanded with stride 0, no copy). Lq
+            and Lk may be 0: Lq = 0 gives an empty output, Lk = 0 zeros.
         attn_mask: None, or broadcastable to (N..., H, Lq, Lk): bool (True = may attend)
             or float (added to the scores; gets a gradient if it requires one).
-        dropout_p: dropout probability on the attention weights (applied whenever > 0,
-            as in torch's functional form; pass 0.0 in eval mode).
+        dropout_p: dropout probability on the attention weights in [0, 1] (applied whenever
+            > 0, as in torch's functional form; pass 0.0 in eval mode); 1 gives zeros.
         is_causal: query i attends to keys j <= i (top-left aligned, also for Lq != Lk);
             combined with ``attn_mask`` when both are given.
         scale: score scale, default 1 / sqrt(E).
@@ -132,7 +160,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     dropout from a Philox seed drawn from torch's generator (``fasttx.random``), out = P v.
     """
     full = _check_inputs(query, key, value, attn_mask, _checks.flag("enable_gqa", enable_gqa))
-    dropout_p = _checks.probability("dropout_p", dropout_p)
+    dropout_p = _checks.probability("dropout_p", dropout_p, allow_one=True)
     is_causal = _checks.flag("is_causal", is_causal)
     scale = _checks.optional_number("scale", scale)
     *batch, heads, len_q, len_k = full
@@ -140,18 +168,23 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
 
     query, key, value = _checks.autocast(query.device, query, key, value)
-    q = query.reshape(-1, heads, len_q, dim)
-    k = key.reshape(-1, *key.shape[-3:])
-    v = value.reshape(-1, *value.shape[-3:])
+    mask_dtype = None if attn_mask is None else attn_mask.dtype
+    mask_needs_grad = attn_mask is not None and attn_mask.requires_grad
+    name = select_backend(
+        "attention", query.device, backend, dtype=query.dtype, head_dim=dim,
+        value_head_dim=value.shape[-1], mask_dtype=mask_dtype, mask_needs_grad=mask_needs_grad)
+    if dropout_p == 1.0 or 0 in full:  # handled here, once for every backend
+        return _attend_to_no_key(query, key, value, attn_mask)
+
+    # Broadcast batch dimensions are expanded with stride 0, which the kernels read through
+    # their strides; flattening several batch dimensions, some broadcast, may copy instead.
+    q = query.expand(*batch, *query.shape[-3:]).reshape(-1, heads, len_q, dim)
+    k = key.expand(*batch, *key.shape[-3:]).reshape(-1, *key.shape[-3:])
+    v = value.expand(*batch, *value.shape[-3:]).reshape(-1, *value.shape[-3:])
     mask = None
     if attn_mask is not None:  # stride-0 broadcast: a padding mask costs no memory
         mask = attn_mask.expand(full).reshape(-1, heads, len_q, len_k)
     seed = philox.draw_seed(q.device) if dropout_p > 0.0 else None
-
-    name = select_backend(
-        "attention", q.device, backend, dtype=q.dtype, head_dim=dim, value_head_dim=v.shape[-1],
-        mask_dtype=None if mask is None else mask.dtype,
-        mask_needs_grad=mask is not None and mask.requires_grad)
     out, _ = attention_forward(q, k, v, mask, seed, dropout_p, is_causal, scale, name)
     return out.reshape(*batch, heads, len_q, value.shape[-1])
 

@@ -18,6 +18,8 @@ nobody asked for, and the autograd formula maps it to None.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 LIBRARY = "fasttx"
@@ -85,8 +87,33 @@ SCHEMAS = {
 
 
 def define(name: str):
-    """Decorator: makes the function the implementation of ``fasttx::<name>``."""
-    return torch.library.custom_op(f"{LIBRARY}::{name}", mutates_args=(), schema=SCHEMAS[name])
+    """Decorator: makes the function the implementation of ``fasttx::<name>``.
+
+    A backward op (``<op>_backward``) also gets an autograd formula that refuses to run:
+    fasttx's ops have no double backward, and that formula says so, naming the op (torch's
+    own error for a custom op without one points at ``register_autograd``).
+    """
+    make_op = torch.library.custom_op(f"{LIBRARY}::{name}", mutates_args=(),
+                                      schema=SCHEMAS[name])
+    if not name.endswith("_backward"):
+        return make_op
+
+    def make_backward_op(function):
+        backward_op = make_op(function)
+        backward_op.register_autograd(
+            functools.partial(_refuse_double_backward, name.removesuffix("_backward")))
+        return backward_op
+
+    return make_backward_op
+
+
+def _refuse_double_backward(op: str, ctx, *grads):
+    raise RuntimeError(
+        f"fasttx's {op} op (torch.ops.fasttx.{op}_forward) does not support double backward: "
+        f"its gradient, fasttx::{op}_backward, is not differentiable. A second derivative "
+        f"(backward through a gradient taken with create_graph=True, e.g. a gradient "
+        f"penalty) needs the plain PyTorch ops (fasttx.use_backend cannot help: every fasttx "
+        f"backend runs the same custom ops)")
 
 
 def none_if_empty(tensor: torch.Tensor) -> torch.Tensor | None:

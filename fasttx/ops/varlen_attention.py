@@ -87,9 +87,9 @@ def _remember_checked(cu_seqlens, total, max_seqlen) -> None:
 
 
 def _check_cu_seqlens(name, cu_seqlens, total, max_seqlen, max_name):
-    """Checks the prefix sums: shape and dtype always, values outside torch.compile (on a
-    GPU a device sync, once per tensor: see _checked_cu_seqlens)."""
-    _checks.tensor(name, cu_seqlens, dim=1, dtypes=(torch.int32,))
+    """Checks the prefix sums (already checked to be 1-D int32 tensors): shape always,
+    values outside torch.compile (on a GPU a device sync, once per tensor: see
+    _checked_cu_seqlens)."""
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"{name} must have shape (B + 1,) with B >= 1, got "
                          f"{tuple(cu_seqlens.shape)}")
@@ -135,6 +135,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _checks.tensor("k", k, dim=3)
     _checks.tensor("v", v, dim=3)
     _checks.same_dtype(q=q, k=k, v=v)
+    _checks.tensor("cu_seqlens_q", cu_seqlens_q, dim=1, dtypes=(torch.int32,))
+    _checks.tensor("cu_seqlens_k", cu_seqlens_k, dim=1, dtypes=(torch.int32,))
     device = _checks.same_device(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q,
                                  cu_seqlens_k=cu_seqlens_k)
     total_q, heads, dim = q.shape

@@ -311,7 +311,15 @@ def test_bad_shapes_raise_with_argument_name():
         model(src, tgt[:, :2])
     with pytest.raises(ValueError, match="batched"):
         model(src, tgt[:, 0])
-    with pytest.raises(ValueError, match="src_key_padding_mask|key_padding_mask"):
-        model(src, tgt, src_key_padding_mask=torch.zeros(N, S + 1, dtype=torch.bool))
-    with pytest.raises(ValueError, match="attn_mask must have shape"):
-        model(src, tgt, memory_mask=torch.zeros(S, T, dtype=torch.bool))
+
+    # Each mask is named as the caller passed it, not as MultiheadAttention's attn_mask.
+    bad_masks = dict(src_mask=torch.zeros(S, S + 1), tgt_mask=torch.zeros(T - 1, T - 1),
+                     memory_mask=torch.zeros(S, T, dtype=torch.bool),
+                     src_key_padding_mask=torch.zeros(N, S + 1, dtype=torch.bool),
+                     tgt_key_padding_mask=torch.zeros(N, S, dtype=torch.bool),
+                     memory_key_padding_mask=torch.zeros(T, dtype=torch.bool))
+    for name, mask in bad_masks.items():
+        with pytest.raises(ValueError, match=f"^{name} must have shape"):
+            model(src, tgt, **{name: mask})
+    with pytest.raises(TypeError, match="^tgt_mask must be bool or floating point"):
+        model(src, tgt, tgt_mask=torch.zeros(T, T, dtype=torch.int64), tgt_is_causal=True)

@@ -233,13 +233,17 @@ def test_gradcheck_with_dropout(mask_kind):
 BAD_INPUTS = [
     (dict(query=torch.randn(2, 3)), ValueError, "query"),
     (dict(query=[1.0]), TypeError, "query"),
+    (dict(query=torch.nested.nested_tensor([torch.randn(3, 4, 8), torch.randn(3, 2, 8)])),
+     TypeError, "query must be a dense"),
+    (dict(attn_mask=torch.ones(4, 4).to_sparse()), TypeError, "attn_mask must be a dense"),
     (dict(key=torch.randn(2, 3, 4, 9)), ValueError, "key"),
     (dict(value=torch.randn(2, 3, 5, 8)), ValueError, "value"),
     (dict(key=torch.randn(2, 3, 4, 8, dtype=torch.float64)), TypeError, "key"),
     (dict(query=torch.randint(0, 3, (2, 3, 4, 8))), TypeError, "query"),
     (dict(attn_mask=torch.ones(2, 3, 4, 5, dtype=torch.bool)), ValueError, "attn_mask"),
     (dict(attn_mask=torch.ones(4, dtype=torch.int64)), TypeError, "attn_mask"),
-    (dict(dropout_p=1.0), ValueError, "dropout_p"),
+    (dict(dropout_p=1.5), ValueError, "dropout_p"),
+    (dict(key=torch.randn(3, 3, 4, 8), value=torch.randn(3, 3, 4, 8)), ValueError, "broadcast"),
     (dict(key=torch.randn(2, 1, 4, 8), value=torch.randn(2, 1, 4, 8)), ValueError, "enable_gqa"),
     (dict(key=torch.randn(2, 2, 4, 8), value=torch.randn(2, 2, 4, 8), enable_gqa=True),
      ValueError, "multiple"),
@@ -260,6 +264,17 @@ def test_bad_inputs_name_the_argument(overrides, error, word):
     args.update(overrides)
     with pytest.raises(error, match=word):
         fasttx.scaled_dot_product_attention(**args)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_meta_tensors_give_the_output_shape(autocast):
+    """Meta tensors (shape inference, FLOP counting) run on the ops' fakes; autocast, which
+    torch does not apply to them, leaves them as they are (torch's matmul does too)."""
+    q, k, v = (torch.empty(2, 4, 5, 8, device="meta"), torch.empty(2, 2, 7, 8, device="meta"),
+               torch.empty(2, 2, 7, 6, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = fasttx.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    assert out.device.type == "meta" and out.shape == (2, 4, 5, 6) and out.dtype == q.dtype
 
 
 @settings(max_examples=30, deadline=None)

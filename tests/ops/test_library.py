@@ -246,3 +246,19 @@ def test_opcheck_triton(op_name):
     with recorded_launches(module) as launches:
         run_opcheck(op_name, "triton")
     assert launches, f"no Triton kernel ran for {op_name}"
+
+
+@pytest.mark.parametrize("op", sorted(name.removesuffix("_forward") for name in SCHEMAS
+                                      if name.endswith("_forward")))
+def test_double_backward_is_refused_naming_the_op(op):
+    """A first derivative taken with create_graph=True works; differentiating it again
+    raises an error that names the op (not torch's hint to call register_autograd)."""
+    _, args = SAMPLES[f"{op}_forward"]("reference")[0]
+    args = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor)
+                 and a.is_floating_point() else a for a in args)
+    inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    out = getattr(torch.ops.fasttx, f"{op}_forward")(*args)[0]
+    grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
+    with pytest.raises(RuntimeError, match=f"fasttx's {op} op .* does not support double "
+                                           f"backward"):
+        sum(g.sum() for g in grads).backward()

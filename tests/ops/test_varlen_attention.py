@@ -86,6 +86,9 @@ def test_gradcheck():
 
 @pytest.mark.parametrize("change,word", [
     (dict(cu_seqlens_q=torch.tensor([0, 2, 5])), "cu_seqlens_q"),  # int64
+    (dict(cu_seqlens_q=[0, 2, 5]), "cu_seqlens_q must be a torch.Tensor"),
+    (dict(q=torch.nested.nested_tensor([torch.randn(2, 2, 4), torch.randn(3, 2, 4)])),
+     "q must be a dense"),
     (dict(cu_seqlens_q=torch.tensor([0, 2, 4], dtype=torch.int32)), "cu_seqlens_q"),
     (dict(cu_seqlens_k=torch.tensor([1, 2, 5], dtype=torch.int32)), "cu_seqlens_k"),
     (dict(cu_seqlens_k=torch.tensor([0, 4], dtype=torch.int32)), "cu_seqlens_k"),
