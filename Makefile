@@ -8,11 +8,11 @@ PYTEST_ARGS ?=
 
 # --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
 # torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
-# Without build isolation the build backend must already be there: setuptools >= 70.1
-# (which builds wheels itself, no separate `wheel` package needed).
+# Without build isolation the build backend must already be there: setuptools >= 77
+# (the PEP 639 license fields; it builds wheels itself, no separate `wheel` package).
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install "setuptools>=70.1"
+	$(PYTHON) -m pip install "setuptools>=77"
 	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
 
 # Train the tiny model on the built-in copy task (fused kernels on a GPU) and print the result.
