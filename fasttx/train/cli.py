@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from fasttx.backends import BACKENDS, BackendUnavailableError
 from fasttx.models.config import PRESETS
 from fasttx.train.options import RESUMABLE, TrainOptions, changed_options
 
-__all__ = ["EXIT_CODES", "build_parser", "main", "options_from_args"]
+__all__ = ["EXIT_CODES", "build_parser", "main", "missing_train_extra", "options_from_args"]
 
 #: Exit status of each outcome.
 EXIT_CODES = {"finished": 0, "error": 2, "non-finite": 3, "interrupted": 130}
@@ -82,6 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_train_extra(uses_files: bool = False) -> str | None:
+    """None when the ``train`` extra's modules a run imports are installed, else a one-line
+    error saying what to install. ``uses_files``: the run trains a subword tokenizer
+    (``tokenizers``); matplotlib is not checked, a run without it only skips its plots."""
+    needed = ["tqdm", "sacrebleu"] + (["tokenizers"] if uses_files else [])
+    missing = [name for name in needed if not _importable(name)]
+    if not missing:
+        return None
+    return (f"training needs the train extra (no module {', '.join(missing)} here): "
+            f"pip install 'fasttx[train]'")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def options_from_args(given: dict) -> TrainOptions:
     """The resolved options of the flags ``given``; with ``resume``, the checkpoint's
     options with the given flags on top (only those in :data:`RESUMABLE` may differ)."""
@@ -117,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODES["error"]
     except ValueError as error:
         parser.error(str(error))  # exits with 2 and the usage
+    missing = missing_train_extra(options.uses_files)
+    if missing:
+        print(f"fasttx-train: error: {missing}", file=sys.stderr)
+        return EXIT_CODES["error"]
     try:
         return _run(options)
     except (DataError, CheckpointError, BackendUnavailableError, ImportError, ValueError,

@@ -116,6 +116,20 @@ def test_missing_data_file_exits_2(tmp_path, capsys):
     assert code == EXIT_CODES["error"] and "nope.de" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module, argv", [
+    ("tqdm", []), ("sacrebleu", []),
+    ("tokenizers", ["--train-src", "a.de", "--train-tgt", "a.en"]),  # the subword tokenizer
+])
+def test_without_the_train_extra_it_says_what_to_install(module, argv, tmp_path, monkeypatch,
+                                                         capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # `import <module>` raises ImportError
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out), *QUICK_ARGS]) == EXIT_CODES["error"]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"no module {module}" in line and "pip install 'fasttx[train]'" in line
+    assert not out.exists()
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     """A real SIGINT to a real run: it finishes its step, saves, and --resume goes on."""
     out = tmp_path / "run"
