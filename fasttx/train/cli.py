@@ -106,15 +106,23 @@ def _importable(module: str) -> bool:
 def options_from_args(given: dict) -> TrainOptions:
     """The resolved options of the flags ``given``; with ``resume``, the checkpoint's
     options with the given flags on top (only those in :data:`RESUMABLE` may differ)."""
+    return _options_and_start(given)[0]
+
+
+def _options_and_start(given: dict) -> tuple[TrainOptions, int]:
+    """(:func:`options_from_args`, the step the run starts from: the checkpoint's with
+    ``resume``, else 0), reading the checkpoint once."""
     options = TrainOptions(**given).resolved()
     if not options.resume:
-        return options
+        return options, 0
     from fasttx.train.checkpoint import CheckpointError, load_checkpoint
 
     path = Path(options.out) / "checkpoint.pt"
     if not path.exists():
         raise CheckpointError(f"--resume: no checkpoint at {path} (is --out right?)")
-    stored = load_checkpoint(path)["options"]
+    state = load_checkpoint(path)
+    stored, start = state["options"], state["step"]
+    del state  # the model and optimizer: the trainer loads them again
     changed = changed_options(stored, given)
     if changed:
         raise CheckpointError(f"--resume continues {path} as it was trained; {changed}")
@@ -122,7 +130,7 @@ def options_from_args(given: dict) -> TrainOptions:
               "resume": True, "out": options.out}
     if "eval_every" in given and "save_every" not in given:
         merged["save_every"] = None  # follows the new --eval-every, as documented
-    return TrainOptions(**merged).resolved()
+    return TrainOptions(**merged).resolved(), start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     try:
-        options = options_from_args(given)
+        options, start = _options_and_start(given)
     except CheckpointError as error:
         print(f"fasttx-train: error: {error}", file=sys.stderr)
         return EXIT_CODES["error"]
@@ -142,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"fasttx-train: error: {missing}", file=sys.stderr)
         return EXIT_CODES["error"]
+    if start >= options.max_steps:
+        print(f"nothing to do: the checkpoint in {options.out} is at step {start}, and "
+              f"--max-steps is {options.max_steps} (raise it to train on)")
+        return EXIT_CODES["finished"]
     try:
         return _run(options)
     except (DataError, CheckpointError, BackendUnavailableError, ImportError, ValueError,

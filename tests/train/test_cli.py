@@ -80,6 +80,19 @@ def test_a_run_and_its_resume_exit_0(tmp_path, capsys):
     assert state["step"] == 4 and state["options"]["task"] == "sort"
 
 
+def test_resume_at_or_past_max_steps_has_nothing_to_do(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["--task", "sort", "--max-steps", "3", "--out", out, *QUICK_ARGS]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    for max_steps in ("2", "3"):
+        assert main(["--resume", "--out", out, "--max-steps", max_steps]) == 0
+        (line,) = capsys.readouterr().out.splitlines()
+        assert line.startswith("nothing to do") and "at step 3" in line, line
+        assert f"--max-steps is {max_steps}" in line and "nan" not in line
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
 def test_resume_errors_exit_2(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["--resume", "--out", out]) == EXIT_CODES["error"]
