@@ -174,14 +174,48 @@ def _run(options: TrainOptions) -> int:
         report = compare_backends(options, parse_entries(options.compare_backends))
         return EXIT_CODES["finished"] if report["baseline"] else EXIT_CODES["error"]
     world = init_distributed(options.device)
+    new_folders = _new_folders(Path(options.out))
     try:
         trainer = Trainer(options, world)
         summary = trainer.run()
     finally:
+        if world.is_main:
+            _remove_if_unused(new_folders)
         world.close()
     if world.is_main:
         print(_summary_line(summary, options))
     return EXIT_CODES[summary.status]
+
+
+#: What a run writes into --out before its first metrics record (the next run rebuilds it).
+_SETUP_FILES = ("tokenizer.json",)
+
+
+def _new_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, innermost first."""
+    new = []
+    while not path.exists() and path != path.parent:
+        new.append(path)
+        path = path.parent
+    return new
+
+
+def _remove_if_unused(new_folders: list[Path]) -> None:
+    """Removes the --out folders this run created when it left nothing in them but its
+    setup files: a run that failed before writing metrics or a checkpoint. A folder that
+    existed before the run is never in ``new_folders``."""
+    if not new_folders or not new_folders[0].is_dir():
+        return
+    leftovers = list(new_folders[0].iterdir())
+    if not all(path.name in _SETUP_FILES and path.is_file() for path in leftovers):
+        return
+    for path in leftovers:
+        path.unlink()
+    for folder in new_folders:
+        try:
+            folder.rmdir()
+        except OSError:  # something else was put there meanwhile: keep it
+            return
 
 
 def _summary_line(summary, options) -> str:

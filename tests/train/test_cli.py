@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from fasttx.train import checkpoint as ckpt
 from fasttx.train.cli import EXIT_CODES, build_parser, main, options_from_args
@@ -140,6 +141,30 @@ def test_without_the_train_extra_it_says_what_to_install(module, argv, tmp_path,
     assert main([*argv, "--out", str(out), *QUICK_ARGS]) == EXIT_CODES["error"]
     (line,) = capsys.readouterr().err.splitlines()
     assert f"no module {module}" in line and "pip install 'fasttx[train]'" in line
+    assert not out.exists()
+
+
+def test_a_failed_run_removes_the_out_folders_it_created_and_only_those(tmp_path, capsys):
+    missing_data = ["--train-src", str(tmp_path / "nope.de"), "--train-tgt",
+                    str(tmp_path / "nope.en")]
+    new = tmp_path / "new" / "deeper" / "run"
+    assert main([*missing_data, "--out", str(new), *QUICK_ARGS]) == EXIT_CODES["error"]
+    assert "nope.de" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main([*missing_data, "--out", str(existing / "run"), *QUICK_ARGS]) == \
+        EXIT_CODES["error"]
+    assert main([*missing_data, "--out", str(existing), *QUICK_ARGS]) == EXIT_CODES["error"]
+    assert existing.is_dir() and list(existing.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend may run here")
+def test_a_run_failing_after_writing_its_tokenizer_removes_its_new_out(tmp_path, capsys):
+    """The first step fails (no CUDA kernels here): tokenizer.json alone was written."""
+    out = tmp_path / "run"
+    code = main(["--backend", "cuda", "--device", "cpu", "--out", str(out), *QUICK_ARGS])
+    assert code == EXIT_CODES["error"] and "cuda" in capsys.readouterr().err
     assert not out.exists()
 
 
