@@ -10,6 +10,7 @@ recipe for base and big; a quick CPU-sized one for tiny), see :data:`PRESET_DEFA
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -180,6 +181,11 @@ class TrainOptions:
                 raise ValueError(f"--{_flag(src)} and --{_flag(tgt)} go together: give both")
         if not self.uses_files and (self.valid_src or self.test_src):
             raise ValueError("--valid-src/--test-src need --train-src and --train-tgt")
+        if self.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            # one process has nothing to shard: the run would silently train unsharded
+            raise ValueError("--fsdp shards across the processes of a torchrun launch, and "
+                             "this process runs alone: start it with torchrun "
+                             "--nproc-per-node N (N >= 2) -m fasttx.train ...")
 
 
 def _flag(name: str) -> str:

@@ -59,6 +59,17 @@ def test_bad_options_exit_2_naming_the_flag(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_fsdp_outside_torchrun_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--fsdp", "--max-steps", "1", "--out", str(tmp_path / "run"), *QUICK_ARGS])
+    assert exit_info.value.code == 2
+    assert "--fsdp shards across the processes of a torchrun launch" in \
+        capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets: the options are fine
+    assert options_from_args({"fsdp": True}).fsdp
+
+
 def test_unset_flags_take_the_presets_defaults():
     tiny = options_from_args({})
     assert (tiny.task, tiny.preset, tiny.max_tokens, tiny.warmup, tiny.out) == \
