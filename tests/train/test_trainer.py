@@ -235,6 +235,27 @@ def test_the_vocabulary_message_gives_the_size_trained_not_the_size_asked(tmp_pa
     assert not [message for message in messages if "4999-token" in message]
 
 
+@pytest.mark.parametrize("label_smoothing, label", [
+    (None, "train"),  # the tiny preset has none
+    (0.1, "train (label smoothing 0.1)"),
+])
+def test_the_loss_plot_names_the_label_smoothing_the_loss_has(label_smoothing, label,
+                                                              quick_options, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from fasttx.train import plots
+
+    legends, save = [], plots._save
+
+    def save_and_record_the_legend(figure, plt, path):
+        legends.append([text.get_text() for text in figure.axes[0].get_legend().get_texts()])
+        return save(figure, plt, path)
+
+    monkeypatch.setattr(plots, "_save", save_and_record_the_legend)
+    _run(quick_options(max_steps=2, label_smoothing=label_smoothing), evaluate=False,
+         save=False)
+    assert legends == [[label]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task, steps", [("copy", 800), ("sort", 1200), ("reverse", 1000),
                                          ("numbers", 1000)])
