@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fasttx.backends import BACKENDS, BackendUnavailableError
 from fasttx.models.config import PRESETS
-from fasttx.train.options import RESUMABLE, TrainOptions, changed_options
+from fasttx.train.options import PRESET_DEFAULTS, RESUMABLE, TrainOptions, changed_options
 
 __all__ = ["EXIT_CODES", "build_parser", "main", "missing_train_extra", "options_from_args"]
 
@@ -70,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
     for spec in dataclasses.fields(TrainOptions):
         kind = _value_type(str(spec.type))
-        help_text = spec.metadata["help"]
-        if spec.default is not None:
-            help_text += f" (default {spec.default})"
+        help_text = f"{spec.metadata['help']} (default {_shown_default(spec)})"
         group = groups[spec.metadata.get("group")]
         flag = "--" + spec.name.replace("_", "-")
         if kind is bool:
@@ -101,6 +99,19 @@ def _importable(module: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _shown_default(spec: dataclasses.Field) -> str:
+    """A flag's default as --help shows it: the field's; for a None default, the presets'
+    values (PRESET_DEFAULTS, else the model presets'), what None means (``shown_default``),
+    or none."""
+    if spec.default is not None:
+        return str(spec.default)
+    for presets in (PRESET_DEFAULTS, PRESETS):
+        if spec.name in presets["tiny"]:
+            return "per preset: " + ", ".join(f"{preset} {values[spec.name]}"
+                                              for preset, values in presets.items())
+    return spec.metadata.get("shown_default", "none")
 
 
 def options_from_args(given: dict) -> TrainOptions:

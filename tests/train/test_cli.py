@@ -32,6 +32,29 @@ def test_help_explains_every_option_and_the_exit_codes(capsys):
     assert "130 interrupted" in text and "3 stopped on a NaN" in text
 
 
+def test_help_shows_the_default_of_every_flag(capsys):
+    import dataclasses
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.count("(default ") == len(dataclasses.fields(TrainOptions))
+    for expected in (
+            "--max-steps MAX_STEPS optimizer steps to train for (a resumed run continues up "
+            "to it) (default per preset: tiny 1500, base 100000, big 300000)",
+            "--warmup WARMUP linear warm-up steps before the inverse-square-root decay "
+            "(default per preset: tiny 100, base 4000, big 4000)",
+            "(default per preset: tiny 0.0, base 0.1, big 0.3)",  # --dropout
+            "--device DEVICE torch device (default cuda when available, else cpu)",
+            "--seed SEED seeds the weights, the dropout, the data order and the synthetic "
+            "data (default 0)",
+            "--fsdp, --no-fsdp", "(default False)",
+            "--save-every SAVE_EVERY steps between checkpoints (default --eval-every)"):
+        assert expected in text, expected
+    for action in build_parser()._actions:
+        assert action.dest == "help" or "(default " in action.help, action.option_strings
+
+
 def test_console_script_and_module_entry_points_exist():
     from importlib.metadata import entry_points
 
