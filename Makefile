@@ -4,19 +4,27 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-transformers-4.5x check-cuda gpu-run bench report lint clean
+.PHONY: setup setup-demo demo test test-transformers-4.5x check-cuda gpu-run bench report lint clean
 
 # --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
 # torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
-# Without build isolation the build backend must already be there: setuptools >= 70.1
-# (which builds wheels itself, no separate `wheel` package needed).
-setup:
+# Without build isolation the build backend must already be there: setuptools >= 77
+# (the PEP 639 license fields; it builds wheels itself, no separate `wheel` package).
+# `make setup` installs the test extras, `make setup-demo` only what the demo needs.
+define install_fasttx
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install "setuptools>=70.1"
-	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
+	$(PYTHON) -m pip install "setuptools>=77"
+	$(PYTHON) -m pip install --no-build-isolation -e ".[$(1)]"
+endef
+
+setup:
+	$(call install_fasttx,test)
+
+setup-demo:
+	$(call install_fasttx,train)
 
 # Train the tiny model on the built-in copy task (fused kernels on a GPU) and print the result.
-demo: setup
+demo: setup-demo
 	$(PYTHON) -m fasttx
 
 # The whole test suite; GPU-only tests skip themselves on CPU. pytest's exit code 5

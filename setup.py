@@ -124,6 +124,13 @@ def target_names(archs):
     return ",".join("sm_" + arch.split("+")[0].replace(".", "") for arch in archs.split(";"))
 
 
+def extension_sources(root="."):
+    """The C++ and CUDA sources of fasttx._C: every csrc/**/*.cpp, then every .cu, as paths
+    relative to ``root`` (the source tree: a clone or an unpacked sdist)."""
+    return [path for pattern in ("csrc/**/*.cpp", "csrc/**/*.cu")
+            for path in sorted(glob.glob(pattern, root_dir=root, recursive=True))]
+
+
 def cuda_extensions():
     reason = cuda_extension_reason()
     if reason is not None:
@@ -141,8 +148,7 @@ def cuda_extensions():
     library_includes = [flag for folder in library_include_dirs() for flag in ("-isystem", folder)]
     if library_includes:
         _log(f"CUDA library headers from torch's nvidia wheels: {' '.join(library_includes[1::2])}")
-    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
+    sources = extension_sources()
     _log(f"building fasttx._C for {archs} from {len(sources)} sources")
     extension = CUDAExtension(
         name="fasttx._C",

@@ -4,8 +4,9 @@ A short, fixed run of the training CLI (:mod:`fasttx.train`, ``fasttx-train`` fo
 option): :meth:`TransformerConfig.tiny` on the synthetic copy task, on the best device here
 (CUDA if available, else CPU), then greedy decoding of held-out sequences. It reports the
 backend each fused op ran on, the loss, the exact-match accuracy, the time and a few
-decodes, and exits with 1 when the accuracy is below ``--min-accuracy``. Nothing is
-written outside a temporary folder.
+decodes, and exits with 1 when the accuracy is below ``--min-accuracy`` (2 without the
+``train`` extra: ``pip install 'fasttx[train]'``). Nothing is written outside a temporary
+folder.
 """
 
 from __future__ import annotations
@@ -40,10 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fasttx.train.cli import missing_train_extra
+
     args = _parser().parse_args(argv)
     if args.steps < 1:
         print("error: --steps must be at least 1", file=sys.stderr)
         return 1
+    missing = missing_train_extra()
+    if missing:  # fasttx-demo is installed by a plain `pip install fasttx`
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = torch.get_num_threads()
     if device.type == "cpu":

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from pathlib import Path
 
 from fasttx.backends import BACKENDS, BackendUnavailableError
 from fasttx.models.config import PRESETS
-from fasttx.train.options import RESUMABLE, TrainOptions, changed_options
+from fasttx.train.options import PRESET_DEFAULTS, RESUMABLE, TrainOptions, changed_options
 
-__all__ = ["EXIT_CODES", "build_parser", "main", "options_from_args"]
+__all__ = ["EXIT_CODES", "build_parser", "main", "missing_train_extra", "options_from_args"]
 
 #: Exit status of each outcome.
 EXIT_CODES = {"finished": 0, "error": 2, "non-finite": 3, "interrupted": 130}
@@ -69,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
     for spec in dataclasses.fields(TrainOptions):
         kind = _value_type(str(spec.type))
-        help_text = spec.metadata["help"]
-        if spec.default is not None:
-            help_text += f" (default {spec.default})"
+        help_text = f"{spec.metadata['help']} (default {_shown_default(spec)})"
         group = groups[spec.metadata.get("group")]
         flag = "--" + spec.name.replace("_", "-")
         if kind is bool:
@@ -82,18 +81,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_train_extra(uses_files: bool = False) -> str | None:
+    """None when the ``train`` extra's modules a run imports are installed, else a one-line
+    error saying what to install. ``uses_files``: the run trains a subword tokenizer
+    (``tokenizers``); matplotlib is not checked, a run without it only skips its plots."""
+    needed = ["tqdm", "sacrebleu"] + (["tokenizers"] if uses_files else [])
+    missing = [name for name in needed if not _importable(name)]
+    if not missing:
+        return None
+    return (f"training needs the train extra (no module {', '.join(missing)} here): "
+            f"pip install 'fasttx[train]'")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _shown_default(spec: dataclasses.Field) -> str:
+    """A flag's default as --help shows it: the field's; for a None default, the presets'
+    values (PRESET_DEFAULTS, else the model presets'), what None means (``shown_default``),
+    or none."""
+    if spec.default is not None:
+        return str(spec.default)
+    for presets in (PRESET_DEFAULTS, PRESETS):
+        if spec.name in presets["tiny"]:
+            return "per preset: " + ", ".join(f"{preset} {values[spec.name]}"
+                                              for preset, values in presets.items())
+    return spec.metadata.get("shown_default", "none")
+
+
 def options_from_args(given: dict) -> TrainOptions:
     """The resolved options of the flags ``given``; with ``resume``, the checkpoint's
     options with the given flags on top (only those in :data:`RESUMABLE` may differ)."""
+    return _options_and_start(given)[0]
+
+
+def _options_and_start(given: dict) -> tuple[TrainOptions, int]:
+    """(:func:`options_from_args`, the step the run starts from: the checkpoint's with
+    ``resume``, else 0), reading the checkpoint once."""
     options = TrainOptions(**given).resolved()
     if not options.resume:
-        return options
+        return options, 0
     from fasttx.train.checkpoint import CheckpointError, load_checkpoint
 
     path = Path(options.out) / "checkpoint.pt"
     if not path.exists():
         raise CheckpointError(f"--resume: no checkpoint at {path} (is --out right?)")
-    stored = load_checkpoint(path)["options"]
+    state = load_checkpoint(path)
+    stored, start = state["options"], state["step"]
+    del state  # the model and optimizer: the trainer loads them again
     changed = changed_options(stored, given)
     if changed:
         raise CheckpointError(f"--resume continues {path} as it was trained; {changed}")
@@ -101,7 +141,7 @@ def options_from_args(given: dict) -> TrainOptions:
               "resume": True, "out": options.out}
     if "eval_every" in given and "save_every" not in given:
         merged["save_every"] = None  # follows the new --eval-every, as documented
-    return TrainOptions(**merged).resolved()
+    return TrainOptions(**merged).resolved(), start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,12 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     try:
-        options = options_from_args(given)
+        options, start = _options_and_start(given)
     except CheckpointError as error:
         print(f"fasttx-train: error: {error}", file=sys.stderr)
         return EXIT_CODES["error"]
     except ValueError as error:
         parser.error(str(error))  # exits with 2 and the usage
+    missing = missing_train_extra(options.uses_files)
+    if missing:
+        print(f"fasttx-train: error: {missing}", file=sys.stderr)
+        return EXIT_CODES["error"]
+    if start >= options.max_steps:
+        print(f"nothing to do: the checkpoint in {options.out} is at step {start}, and "
+              f"--max-steps is {options.max_steps} (raise it to train on)")
+        return EXIT_CODES["finished"]
     try:
         return _run(options)
     except (DataError, CheckpointError, BackendUnavailableError, ImportError, ValueError,
@@ -137,14 +185,48 @@ def _run(options: TrainOptions) -> int:
         report = compare_backends(options, parse_entries(options.compare_backends))
         return EXIT_CODES["finished"] if report["baseline"] else EXIT_CODES["error"]
     world = init_distributed(options.device)
+    new_folders = _new_folders(Path(options.out))
     try:
         trainer = Trainer(options, world)
         summary = trainer.run()
     finally:
+        if world.is_main:
+            _remove_if_unused(new_folders)
         world.close()
     if world.is_main:
         print(_summary_line(summary, options))
     return EXIT_CODES[summary.status]
+
+
+#: What a run writes into --out before its first metrics record (the next run rebuilds it).
+_SETUP_FILES = ("tokenizer.json",)
+
+
+def _new_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, innermost first."""
+    new = []
+    while not path.exists() and path != path.parent:
+        new.append(path)
+        path = path.parent
+    return new
+
+
+def _remove_if_unused(new_folders: list[Path]) -> None:
+    """Removes the --out folders this run created when it left nothing in them but its
+    setup files: a run that failed before writing metrics or a checkpoint. A folder that
+    existed before the run is never in ``new_folders``."""
+    if not new_folders or not new_folders[0].is_dir():
+        return
+    leftovers = list(new_folders[0].iterdir())
+    if not all(path.name in _SETUP_FILES and path.is_file() for path in leftovers):
+        return
+    for path in leftovers:
+        path.unlink()
+    for folder in new_folders:
+        try:
+            folder.rmdir()
+        except OSError:  # something else was put there meanwhile: keep it
+            return
 
 
 def _summary_line(summary, options) -> str:

@@ -92,10 +92,12 @@ def _subword_tokenizer(options, world, out: Path, pairs, tokenizer_json, echo):
     if tokenizer_json is not None:
         return tokenizer_from_json(tokenizer_json)
     if world.is_main:
-        echo(f"training a {options.vocab_size}-token subword vocabulary on "
+        echo(f"training a subword vocabulary (--vocab-size {options.vocab_size}) on "
              f"{len(pairs)} sentence pairs")
         tokenizer = SubwordTokenizer.train((text for pair in pairs for text in pair),
                                            vocab_size=options.vocab_size)
+        # the text may offer fewer pieces than asked for (or more distinct characters)
+        echo(f"the subword vocabulary has {tokenizer.vocab_size} tokens")
         tokenizer.save(path)
     world.barrier()
     return tokenizer if world.is_main else load_tokenizer(path)

@@ -10,6 +10,7 @@ recipe for base and big; a quick CPU-sized one for tiny), see :data:`PRESET_DEFA
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,8 @@ RESUMABLE = ("max_steps", "backend", "device", "out", "resume", "log_every", "ev
 
 
 def _option(default, help: str, **cli):
+    """A field with its CLI metadata: ``help``, ``group`` (of --help), and ``shown_default``
+    (what a None default means, where not the presets' values)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -47,9 +50,11 @@ class TrainOptions:
     # what to learn
     task: str = _option("copy", "built-in synthetic task, used when no --train-src is given")
     train_src: str | None = _option(None, "source side of the training text (one sentence "
-                                    "per line, UTF-8)", group="data")
+                                    "per line, UTF-8)", group="data",
+                                    shown_default="none: the built-in --task")
     train_tgt: str | None = _option(None, "target side of the training text, line-aligned "
-                                    "with --train-src", group="data")
+                                    "with --train-src", group="data",
+                                    shown_default="none: the built-in --task")
     valid_src: str | None = _option(None, "validation source text", group="data")
     valid_tgt: str | None = _option(None, "validation target text", group="data")
     test_src: str | None = _option(None, "test source text (scored with beam search at the "
@@ -61,21 +66,19 @@ class TrainOptions:
                                   "(validation and test: a tenth as many, at most 500, "
                                   "each)", group="data")
     max_tokens: int | None = _option(None, "tokens per batch (padded, per rank and "
-                                     "accumulation step); default 25000 for base/big, 2048 "
-                                     "for tiny", group="data")
+                                     "accumulation step)", group="data")
     pack: bool = _option(False, "pack sentences without padding (varlen attention) instead "
                          "of padding each batch", group="data")
     # the model and the kernels
     preset: str = _option("tiny", "model size: " + ", ".join(PRESETS))
     max_len: int | None = _option(None, "longest sentence in tokens (longer training pairs "
-                                  "are dropped); default the preset's")
-    dropout: float | None = _option(None, "residual and embedding dropout; default the "
-                                    "preset's (0.1 base, 0.3 big)")
-    label_smoothing: float | None = _option(None, "label smoothing; default the preset's "
-                                            "(0.1 base/big)")
+                                  "are dropped)")
+    dropout: float | None = _option(None, "residual and embedding dropout")
+    label_smoothing: float | None = _option(None, "label smoothing of the training loss")
     backend: str = _option("auto", "fasttx kernels: auto, triton, cuda or reference")
     compile: bool = _option(False, "torch.compile the training step")
-    device: str | None = _option(None, "torch device; default cuda when available, else cpu")
+    device: str | None = _option(None, "torch device",
+                                 shown_default="cuda when available, else cpu")
     precision: str = _option("auto", "bf16 (autocast), fp32, or auto: bf16 on CUDA, fp32 "
                              "elsewhere")
     # the optimisation (the paper's recipe)
@@ -96,15 +99,15 @@ class TrainOptions:
                          "state with FSDP instead of replicating them with DDP",
                          group="optimisation")
     # output, evaluation, checkpoints
-    out: str | None = _option(None, "output folder (checkpoint, metrics.jsonl, plots); default "
-                              "runs/<task or data>-<preset>", group="output")
+    out: str | None = _option(None, "output folder (checkpoint, metrics.jsonl, plots)",
+                              group="output", shown_default="runs/<task or data>-<preset>")
     resume: bool = _option(False, "continue the run whose checkpoint is in --out",
                            group="output")
     log_every: int = _option(10, "steps per metrics.jsonl record", group="output")
     eval_every: int | None = _option(None, "steps between validations (greedy decoding) and "
                                      "checkpoints; 0: only at the end", group="output")
-    save_every: int | None = _option(None, "steps between checkpoints; default --eval-every",
-                                     group="output")
+    save_every: int | None = _option(None, "steps between checkpoints", group="output",
+                                     shown_default="--eval-every")
     eval_sentences: int = _option(500, "validation sentences decoded at each validation",
                                   group="output")
     num_beams: int = _option(4, "beam width of the final test decoding", group="output")
@@ -180,6 +183,11 @@ class TrainOptions:
                 raise ValueError(f"--{_flag(src)} and --{_flag(tgt)} go together: give both")
         if not self.uses_files and (self.valid_src or self.test_src):
             raise ValueError("--valid-src/--test-src need --train-src and --train-tgt")
+        if self.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            # one process has nothing to shard: the run would silently train unsharded
+            raise ValueError("--fsdp shards across the processes of a torchrun launch, and "
+                             "this process runs alone: start it with torchrun "
+                             "--nproc-per-node N (N >= 2) -m fasttx.train ...")
 
 
 def _flag(name: str) -> str:

@@ -36,8 +36,10 @@ def _save(figure, plt, path: Path) -> Path:
     return path
 
 
-def plot_loss_curve(metrics_path, png_path, echo=print) -> Path | None:
-    """Training loss (each metrics record) and validation loss against the step."""
+def plot_loss_curve(metrics_path, png_path, echo=print,
+                    label_smoothing: float = 0.0) -> Path | None:
+    """Training loss (each metrics record) and validation loss against the step;
+    ``label_smoothing``: the run's, which the training loss includes."""
     metrics_path, png_path = Path(metrics_path), Path(png_path)
     records = []
     if metrics_path.exists():
@@ -49,7 +51,8 @@ def plot_loss_curve(metrics_path, png_path, echo=print) -> Path | None:
     if not train or (plt := _pyplot(echo)) is None:
         return None
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot(*zip(*train, strict=True), label="train (label-smoothed)")
+    smoothed = f" (label smoothing {label_smoothing:g})" if label_smoothing else ""
+    axes.plot(*zip(*train, strict=True), label="train" + smoothed)
     if valid:
         axes.plot(*zip(*valid, strict=True), "o-", label="validation")
     axes.set(xlabel="step", ylabel="loss per target token", yscale="log",

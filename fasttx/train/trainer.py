@@ -380,7 +380,8 @@ class Trainer:
         if world.is_main:
             from fasttx.train.plots import plot_loss_curve
 
-            plot_loss_curve(self.metrics_path, self.out / "loss.png", echo=self.echo)
+            plot_loss_curve(self.metrics_path, self.out / "loss.png", echo=self.echo,
+                            label_smoothing=self.config.label_smoothing)
         return summary
 
     def _validate(self, metrics, bar) -> Scores | None:

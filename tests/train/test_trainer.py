@@ -219,6 +219,43 @@ def test_real_text_files_train_a_subword_tokenizer(tmp_path, quick_options):
     assert state["model_config"]["vocab_size"] <= 60
 
 
+def test_the_vocabulary_message_gives_the_size_trained_not_the_size_asked(tmp_path,
+                                                                         quick_options):
+    rng = random.Random(1)
+    rows = [TASKS["numbers"].sample(rng) for _ in range(50)]
+    (tmp_path / "train.src").write_text("".join(s + "\n" for s, _ in rows))
+    (tmp_path / "train.tgt").write_text("".join(t + "\n" for _, t in rows))
+    messages = []
+    trainer = Trainer(quick_options(vocab_size=4999, train_src=str(tmp_path / "train.src"),
+                                    train_tgt=str(tmp_path / "train.tgt")),
+                      echo=messages.append)
+    size = trainer.data.tokenizer.vocab_size
+    assert size < 4999  # 50 short sentences offer far fewer pieces
+    assert f"the subword vocabulary has {size} tokens" in messages, messages
+    assert not [message for message in messages if "4999-token" in message]
+
+
+@pytest.mark.parametrize("label_smoothing, label", [
+    (None, "train"),  # the tiny preset has none
+    (0.1, "train (label smoothing 0.1)"),
+])
+def test_the_loss_plot_names_the_label_smoothing_the_loss_has(label_smoothing, label,
+                                                              quick_options, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from fasttx.train import plots
+
+    legends, save = [], plots._save
+
+    def save_and_record_the_legend(figure, plt, path):
+        legends.append([text.get_text() for text in figure.axes[0].get_legend().get_texts()])
+        return save(figure, plt, path)
+
+    monkeypatch.setattr(plots, "_save", save_and_record_the_legend)
+    _run(quick_options(max_steps=2, label_smoothing=label_smoothing), evaluate=False,
+         save=False)
+    assert legends == [[label]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task, steps", [("copy", 800), ("sort", 1200), ("reverse", 1000),
                                          ("numbers", 1000)])
