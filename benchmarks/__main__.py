@@ -5,6 +5,7 @@
     python -m benchmarks --op feed_forward --sweeps hidden-size --providers fasttx-triton,eager
     python -m benchmarks --device cpu             # the smoke profile: checks the suite runs
     python -m benchmarks --list --op attention    # the cases, without running them
+    python -m benchmarks --list --quick           # on CPU too: a GPU profile's cases, previewed
     python -m benchmarks report                   # tables and plots (see benchmarks.report)
 
 Each op's results go to ``benchmarks/results/<gpu>/<op>.json`` (``<op>-quick.json`` for the
@@ -55,9 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="print the cases and exit")
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device == "cpu" and args.profile not in (None, "smoke"):
+    # --list previews a GPU profile on CPU (its cases and GPU providers); running it is refused.
+    args.gpu_only = args.device == "cpu" and args.profile not in (None, "smoke")
+    if args.gpu_only and not args.list:
         parser.error(f"the {args.profile} profile needs a GPU; on CPU only the smoke profile "
-                     f"runs (its timings are not performance figures)")
+                     f"runs (its timings are not performance figures); --list previews the "
+                     f"{args.profile} profile's cases")
     args.profile = args.profile or ("full" if args.device == "cuda" else "smoke")
     if args.input_sets < 1:
         parser.error(f"--input-sets must be positive, got {args.input_sets}")
@@ -88,8 +92,10 @@ def selected_cases(module, args) -> list[harness.Case]:
 
 
 def selected_providers(module, args) -> list[str]:
-    """The op's providers for this device, narrowed by --providers."""
-    return [name for name in harness.providers_for(module, args.device)
+    """The op's providers for this device (a GPU's for a GPU-only profile previewed on
+    CPU), narrowed by --providers."""
+    device = "cuda" if args.gpu_only else args.device
+    return [name for name in harness.providers_for(module, device)
             if args.providers is None or name in args.providers]
 
 
@@ -134,9 +140,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     plan = [(module, selected_cases(module, args)) for module in map(load, args.op)]
     if args.list:
+        gpu_only = f" [GPU only: the {args.profile} profile does not run on CPU]" \
+            if args.gpu_only else ""
         for module, cases in plan:
             providers = ", ".join(selected_providers(module, args))
-            print(f"{module.OP}: {len(cases)} cases x providers {providers}")
+            print(f"{module.OP}: {len(cases)} cases x providers {providers}{gpu_only}")
             for case in cases:
                 print(f"  {case.id}")
         return None

@@ -1,6 +1,6 @@
 """The report: results files -> Markdown tables and PNG plots (and the README's section).
 
-    python -m benchmarks report                          # every GPU folder under results/
+    python -m benchmarks report                          # every folder under results/
     python -m benchmarks report benchmarks/results/nvidia-h200
     python -m benchmarks report --readme README.md       # also refresh the README's section
 
@@ -12,7 +12,8 @@ of the fasttx backend over that peer) and one PNG per plot the op module declare
 floor (a bound such as the bare matmuls); an op module may name its own fasttx providers
 (``FASTTX_PROVIDERS``: the drop-in benchmark's ``fasttx-nn-triton``, ``hf-fasttx``).
 Rows of providers that do not apply to their case ("n/a: ...") are left out. Results of
-a CPU run are labelled as a smoke check and never reach the README.
+a CPU run (``results/cpu/``, rendered like the others) are labelled as a smoke check, not a
+performance figure, in their tables and plots, and never reach the top README.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from benchmarks import OPS, harness, load
+from fasttx.backends import CPU_TIMINGS_CAVEAT
 
 FASTTX_BACKENDS = ("fasttx-triton", "fasttx-cuda")
 METRICS = {"tflops": "TFLOP/s", "gbps": "GB/s", "tokens_per_s": "tokens/s"}
@@ -189,10 +191,14 @@ def environment_lines(env: dict) -> str:
     if ceiling:
         lines.append(f"- ceilings measured in the run: {ceiling['bf16_matmul_tflops']} "
                      f"TFLOP/s (8192³ bf16 matmul), {ceiling['copy_gbps']} GB/s (2 GiB copy)")
-    if not env.get("gpu"):
-        lines.append("- **CPU smoke run**: its timings check that the suite runs; they are "
-                     "not performance figures")
+    if is_cpu_run(env):
+        lines.append(f"- **CPU smoke run**: it checks that the suite runs; {CPU_TIMINGS_CAVEAT}")
     return "\n".join(lines)
+
+
+def is_cpu_run(env: dict) -> bool:
+    """Whether the results were timed on CPU (the smoke profile): no GPU named."""
+    return not env.get("gpu")
 
 
 def op_markdown(data: dict, *, details: bool = False) -> str:
@@ -224,10 +230,11 @@ CEILING_LINES = {"tflops": ("bf16_matmul_tflops", "bf16 matmul (measured)"),
                  "gbps": ("copy_gbps", "copy (measured)")}
 
 
-def plot(rows: list[dict], spec: harness.Plot, path: Path, ceiling: dict | None = None) -> bool:
-    """Draws ``spec`` (a line per provider, a panel per value of its panel fields, the
-    run's ceiling as a dotted line) from ``rows`` into ``path``; False when no row is
-    timed for it."""
+def plot_figure(rows: list[dict], spec: harness.Plot, env: dict):
+    """Draws ``spec`` from ``rows``: a line per provider, a panel per value of its panel
+    fields, the run's ceiling (``env["ceilings"]``) as a dotted line, and for a CPU run
+    the caveat that it is not a performance figure as the figure's title. Returns the
+    matplotlib figure, or None when no row is timed for it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -236,7 +243,8 @@ def plot(rows: list[dict], spec: harness.Plot, path: Path, ceiling: dict | None 
     rows = [row for row in rows if row["sweep"] in spec.sweeps and row.get(spec.metric)]
     panels = list(dict.fromkeys(tuple(_field(row, f) for f in spec.panels) for row in rows))
     if not panels:
-        return False
+        return None
+    ceiling = env.get("ceilings") or {}
     columns = min(3, len(panels))
     figure, axes = plt.subplots(math.ceil(len(panels) / columns), columns, squeeze=False,
                                 figsize=(4.6 * columns, 3.6 * math.ceil(len(panels) / columns)))
@@ -250,7 +258,7 @@ def plot(rows: list[dict], spec: harness.Plot, path: Path, ceiling: dict | None 
             axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=provider,
                       **style)
         peak_key, peak_label = CEILING_LINES.get(spec.metric, (None, None))
-        if (ceiling or {}).get(peak_key):
+        if ceiling.get(peak_key):
             axis.axhline(ceiling[peak_key], linestyle=":", color="black", label=peak_label)
         if spec.log_x:
             axis.set_xscale("log", base=2)
@@ -270,9 +278,22 @@ def plot(rows: list[dict], spec: harness.Plot, path: Path, ceiling: dict | None 
     per_line = min(len(labels), 3 * columns)
     legend_lines = math.ceil(len(labels) / per_line)
     figure.legend(handles, labels, loc="lower center", ncol=per_line, fontsize=8)
+    if is_cpu_run(env):
+        figure.suptitle(f"CPU smoke run: {CPU_TIMINGS_CAVEAT}", fontsize=9, color="firebrick",
+                        wrap=True)
     figure.tight_layout(rect=(0, 0.05 * legend_lines / figure.get_figheight() * 3.6, 1, 1))
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
+
+
+def plot(rows: list[dict], spec: harness.Plot, path: Path, env: dict) -> bool:
+    """Saves :func:`plot_figure` of ``rows`` into ``path``; False when no row is timed for it."""
+    import matplotlib.pyplot as plt
+
+    drawn = plot_figure(rows, spec, env)
+    if drawn is None:
+        return False
+    drawn.savefig(path, dpi=100)
+    plt.close(drawn)
     return True
 
 
@@ -301,11 +322,22 @@ def render(folder: Path) -> Path:
         op = rows[0]["op"] if rows else None
         for spec in (load(op).PLOTS if op in OPS else []):
             image = folder / f"{path.stem}-{spec.name}.png"
-            if plot(rows, spec, image, data["env"].get("ceilings")):
+            if plot(rows, spec, image, data["env"]):
                 sections.append(f"![{op}: {spec.name}]({image.name})")
     readme = folder / "README.md"
     readme.write_text("\n\n".join(sections) + "\n")
     return readme
+
+
+def results_folders(root: Path) -> list[Path]:
+    """Every folder under ``root`` that holds results files, newest run first (by the
+    date of its newest file; the CPU smoke run's folder included: its report says it is
+    not a performance figure)."""
+    def newest(folder: Path) -> str:
+        return max(harness.load_results(path)["env"].get("date") or ""
+                   for path in result_files(folder))
+    folders = [path for path in root.glob("*") if path.is_dir() and result_files(path)]
+    return sorted(folders, key=newest, reverse=True)
 
 
 def latest_gpu_folder(root: Path = harness.RESULTS_DIR) -> Path | None:
@@ -368,24 +400,27 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks report",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="*", type=Path,
-                        help="results folders (default: every GPU folder under "
-                             "benchmarks/results/)")
+                        help="results folders (default: every folder under "
+                             "benchmarks/results/, the CPU smoke run's included)")
     parser.add_argument("--readme", type=Path, default=None,
                         help="also rewrite this README's benchmark section from the newest "
                              "GPU run")
     args = parser.parse_args(argv)
-    folders = args.folders or [path for path in sorted(harness.RESULTS_DIR.glob("*"))
-                               if path.is_dir() and path.name != "cpu"]
     try:
+        folders = args.folders or results_folders(harness.RESULTS_DIR)
         for folder in folders:
-            print(f"written: {render(folder)}", file=sys.stderr)
+            written = render(folder)
+            cpu = any(is_cpu_run(harness.load_results(path)["env"])
+                      for path in result_files(folder))
+            print(f"written: {written}" + (f" (CPU smoke run: {CPU_TIMINGS_CAVEAT})"
+                                           if cpu else ""), file=sys.stderr)
         if args.readme is not None:
             update_readme(args.readme, latest_gpu_folder())
             print(f"updated: {args.readme}", file=sys.stderr)
     except ValueError as error:
         sys.exit(f"error: {error}")
     if not folders and args.readme is None:
-        print("no results folders yet: run `python -m benchmarks` on a GPU first",
+        print(f"no results under {harness.RESULTS_DIR} yet: run `python -m benchmarks` first",
               file=sys.stderr)
 
 

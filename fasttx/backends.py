@@ -30,6 +30,7 @@ __all__ = [
     "BACKENDS",
     "BackendAvailability",
     "BackendUnavailableError",
+    "CPU_TIMINGS_CAVEAT",
     "available_backends",
     "current_backend",
     "record_selections",
@@ -47,6 +48,11 @@ _active_backend = "auto"
 # Input properties that are already constants; any other property is a size (an int).
 _CONSTANT_TYPES = (bool, str, torch.dtype, type(None))
 _recorded: dict[str, str] | None = None
+#: The label of every timing taken on CPU (the benchmark suite's smoke profile, its plots,
+#: ``fasttx-train --compare-backends``): there the Triton kernels run in Python under the
+#: interpreter, so a CPU speedup says nothing about a GPU. Defined once, worded the same.
+CPU_TIMINGS_CAVEAT = ("not a performance figure: timed on CPU, where the Triton kernels run "
+                      "under Triton's interpreter")
 
 
 class BackendUnavailableError(RuntimeError):

@@ -8,7 +8,10 @@ per entry, the training throughput (target tokens/s over the steps after the fir
 and at least the first, which absorb compilation and autotuning), the peak GPU memory, the
 final loss, and how far its loss curve strays from the first entry's (max and mean
 |difference| per step). An entry that cannot run (a backend unavailable here) is reported
-with the reason, not dropped. Each entry's metrics go to ``<out>/compare/<entry>/``
+with the reason, not dropped. Entries that run the Triton kernels under Triton's
+interpreter (on CPU) are warned about before the first one starts, with a rough duration,
+and a CPU report's table is headed by :data:`fasttx.backends.CPU_TIMINGS_CAVEAT`, the
+benchmark suite's label. Each entry's metrics go to ``<out>/compare/<entry>/``
 (replaced by the next comparison), the report with the environment to
 ``<out>/compare_backends.json``, and its plot to ``<out>/compare_backends.png``.
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 import torch
 
 import fasttx
-from fasttx.backends import BACKENDS, BackendUnavailableError
+from fasttx.backends import BACKENDS, CPU_TIMINGS_CAVEAT, BackendUnavailableError
 from fasttx.train._files import write_atomically
 from fasttx.train.plots import plot_backend_losses
 
@@ -47,6 +50,40 @@ def parse_entries(text: str) -> list[tuple[str, bool]]:
     if len(entries) < 1 or len(set(entries)) != len(entries):
         raise ValueError(f"--compare-backends needs distinct entries, got {text!r}")
     return entries
+
+
+def _entry_name(backend: str, compiled: bool) -> str:
+    return backend + ("+compile" if compiled else "")
+
+
+#: Training tokens per minute under Triton's interpreter, measured with the tiny preset on a
+#: busy 2-core CPU (a step of 256 tokens: about a minute); larger presets are slower.
+INTERPRETED_TOKENS_PER_MINUTE = 256
+
+
+def interpreter_warning(options, entries: list[tuple[str, bool]], available) -> str | None:
+    """What a comparison says before it starts when some of its entries (triton, and auto,
+    which picks triton) run fasttx's Triton kernels under Triton's interpreter
+    (TRITON_INTERPRET=1, how the Triton backend runs on CPU): every kernel then runs in
+    Python, and the warning estimates how long each such entry takes. None when no entry
+    is interpreted."""
+    names = [_entry_name(backend, compiled) for backend, compiled in entries
+             if backend in ("triton", "auto")]
+    if not names or "triton" in available.reasons:
+        return None
+    from fasttx.triton._settings import interpreting
+
+    if not interpreting():
+        return None
+    minutes = options.max_steps * options.max_tokens / INTERPRETED_TOKENS_PER_MINUTE
+    duration = (f"{minutes / 60:,.0f} hours" if minutes >= 120 else
+                f"{minutes:.0f} minutes" if minutes >= 1.5 else "a minute or so")
+    return (f"warning: {', '.join(names)} will run fasttx's Triton kernels under Triton's "
+            f"interpreter (TRITON_INTERPRET=1), in Python: {options.max_steps} steps of "
+            f"{options.max_tokens} tokens take roughly {duration} per entry (at about a "
+            f"minute per {INTERPRETED_TOKENS_PER_MINUTE} tokens of the tiny preset on a "
+            f"2-core CPU), and their timings are not a performance figure. To check that "
+            f"the backends train alike, pass e.g. --max-tokens 128 --max-steps 5.")
 
 
 def _throughput(summary) -> float:
@@ -70,7 +107,8 @@ def _environment(device: torch.device) -> dict:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "fasttx": fasttx.__version__, "commit": commit or None}
+            "device_type": device.type, "fasttx": fasttx.__version__,
+            "commit": commit or None}
 
 
 def compare_backends(options, entries: list[tuple[str, bool]], echo=print) -> dict:
@@ -83,8 +121,11 @@ def compare_backends(options, entries: list[tuple[str, bool]], echo=print) -> di
     out = Path(options.out)
     rows, losses = [], {}
     available = fasttx.available_backends()
+    warning = interpreter_warning(options, entries, available)
+    if warning is not None:
+        echo(warning)
     for backend, compiled in entries:
-        name = backend + ("+compile" if compiled else "")
+        name = _entry_name(backend, compiled)
         row = {"backend": name, "status": "ok"}
         if backend in available.reasons:
             row["status"] = f"skipped: {available.reasons[backend]}"
@@ -144,17 +185,26 @@ def compare_backends(options, entries: list[tuple[str, bool]], echo=print) -> di
     return report
 
 
+def _ratio(value: float) -> str:
+    """Two decimals, or two significant digits below 0.1 (an interpreted backend's 0.0012,
+    not 0.00)."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
+
+
 def format_table(report: dict) -> str:
-    """The report's rows as an aligned text table."""
-    header = f"{'backend':<20} {'tokens/s':>12} {'speedup':>8} {'peak MB':>10} " \
+    """The report's rows as an aligned text table; on CPU headed by the caveat that its
+    timings are not a performance figure (the benchmark suite's label)."""
+    header = f"{'backend':<20} {'tokens/s':>12} {'speedup':>9} {'peak MB':>10} " \
              f"{'final loss':>11} {'max |dloss|':>12}"
     lines = [header, "-" * len(header)]
+    if report["env"].get("device_type") == "cpu":
+        lines.insert(0, f"CPU run: {CPU_TIMINGS_CAVEAT}")
     for row in report["results"]:
         if row["status"] != "ok":
             lines.append(f"{row['backend']:<20} {row['status']}")
             continue
         memory = f"{row['peak_memory_mb']:,.0f}" if row["peak_memory_mb"] else "n/a (cpu)"
         lines.append(f"{row['backend']:<20} {row['tokens_per_s']:>12,.0f} "
-                     f"{row['speedup']:>7.2f}x {memory:>10} {row['final_loss']:>11.4f} "
+                     f"{_ratio(row['speedup']):>8}x {memory:>10} {row['final_loss']:>11.4f} "
                      f"{row['max_abs_loss_diff']:>12.2e}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as cli
-from benchmarks import feed_forward, harness
+from benchmarks import attention, feed_forward, harness
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +23,7 @@ def interpreter_setting_kept(monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["--device", "cpu", "--quick"], "the quick profile needs a GPU"),
+    (["--device", "cpu", "--quick"], "--list previews the quick profile's cases"),
     (["--device", "cpu", "--profile", "full"], "the full profile needs a GPU"),
     (["--device", "cpu", "--op", "layer_norm"], "'layer_norm' is not one of attention"),
     (["--device", "cpu", "--providers", "eager,apex"], "'apex' is not one of fasttx-triton"),
@@ -77,6 +78,21 @@ def test_list_prints_the_cases_without_running_them(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_list_previews_a_gpu_profile_on_cpu_marked_gpu_only(profile, tmp_path, capsys):
+    """Running the profile on CPU is refused (above); listing it shows its cases and the
+    GPU's providers."""
+    cli.main(["--device", "cpu", "--profile", profile, "--op", "attention", "--list",
+              "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    cases = attention.cases(profile)
+    assert out.startswith(f"attention: {len(cases)} cases x providers "
+                          f"{', '.join(attention.PROVIDERS)} [GPU only: the {profile} profile "
+                          f"does not run on CPU]\n")
+    assert all(f"  {case.id}\n" in out for case in cases)
+    assert not list(tmp_path.iterdir())
+
+
 def test_report_is_a_subcommand(tmp_path, capsys):
     cli.main(["--device", "cpu", "--op", "feed_forward", "--modes", "fwd", "--out",
               str(tmp_path)])
@@ -85,9 +101,13 @@ def test_report_is_a_subcommand(tmp_path, capsys):
     assert "CPU smoke run" in text and "### feed_forward: " in text
 
 
-def test_the_module_runs_as_a_program():
+def test_the_module_runs_as_a_program_from_any_directory(tmp_path):
+    """`benchmarks` is not installed by pip: outside the repository root, PYTHONPATH names
+    it; what the suite reads and writes is found from the package, not the working folder."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--device", "cpu", "--list",
-                           "--op", "attention"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--op", "attention"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": path}, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("attention: ")
+    assert harness.RESULTS_DIR == ROOT / "benchmarks" / "results"  # the default results

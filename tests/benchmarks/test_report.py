@@ -5,9 +5,12 @@ The results here are made up (a fictitious GPU): they test the rendering, not a 
 
 import json
 
+import matplotlib.pyplot
+import matplotlib.text
 import pytest
 
 from benchmarks import harness, report
+from fasttx.backends import CPU_TIMINGS_CAVEAT
 
 CEILING = {"bf16_matmul_tflops": 800.0, "copy_gbps": 4000.0}
 ENV = {"date": "2026-11-20T10:00:00+00:00", "commit": "0123456789abcdef", "dirty": False,
@@ -118,3 +121,31 @@ def test_the_report_command_renders_folders_and_names_bad_files(tmp_path, capsys
     (tmp_path / "broken.json").write_text(json.dumps([1, 2]))
     with pytest.raises(SystemExit, match="broken.json: a results file holds"):
         report.main([str(tmp_path)])
+
+
+def test_cpu_plots_carry_the_caveat_gpu_plots_do_not():
+    spec = report.load("fake").PLOTS[0]
+    for env, caveat_expected in (({**ENV, "gpu": None, "device": "cpu"}, True), (ENV, False)):
+        figure = report.plot_figure(_rows(), spec, env)
+        texts = [text.get_text() for text in figure.findobj(matplotlib.text.Text)]
+        assert any(CPU_TIMINGS_CAVEAT in text for text in texts) == caveat_expected, texts
+        matplotlib.pyplot.close(figure)
+
+
+def test_report_without_folders_renders_every_results_folder_cpu_included(
+        tmp_path, monkeypatch, capsys):
+    """The smoke run's results, just written to results/cpu/, are reported (labelled)."""
+    monkeypatch.setattr(harness, "RESULTS_DIR", tmp_path)
+    gpu, cpu = tmp_path / "test-gpu", tmp_path / "cpu"
+    _write(gpu)
+    _write(cpu, {**ENV, "gpu": None, "device": "cpu", "date": "2027-01-01T00:00:00+00:00"})
+    (tmp_path / "empty").mkdir()
+    report.main([])
+    assert "Test GPU" in (gpu / "README.md").read_text()
+    cpu_text = (cpu / "README.md").read_text()
+    assert "CPU smoke run" in cpu_text and CPU_TIMINGS_CAVEAT in cpu_text
+    assert (cpu / "fake-seqlen.png").exists()
+    err = capsys.readouterr().err
+    assert f"written: {cpu / 'README.md'} (CPU smoke run: {CPU_TIMINGS_CAVEAT})" in err
+    assert f"written: {gpu / 'README.md'}\n" in err
+    assert report.results_folders(tmp_path) == [cpu, gpu]  # the newest run first
