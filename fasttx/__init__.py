@@ -9,7 +9,8 @@
 Each takes ``backend=`` ("reference" | "triton" | "cuda" | "auto"); ``fasttx.use_backend``
 sets the default for a block and ``fasttx.available_backends()`` says what this machine
 can run. Modules live in ``fasttx.nn``, the bundled model in ``fasttx.models``;
-``fasttx.patch_torch()`` routes ``F.scaled_dot_product_attention`` through fasttx.
+``fasttx.patch_torch()`` routes ``F.scaled_dot_product_attention`` through fasttx
+(``fasttx.is_torch_patched()`` says whether it is in effect).
 """
 
 from fasttx import random  # noqa: I001 - the ops must be registered before nn and models
@@ -21,7 +22,7 @@ from fasttx.backends import (
 )
 from fasttx.ops import add_layer_norm, feed_forward, scaled_dot_product_attention, varlen_attention
 from fasttx import models, nn
-from fasttx.patching import patch_torch, unpatch_torch
+from fasttx.patching import is_torch_patched, patch_torch, unpatch_torch
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "available_backends",
     "current_backend",
     "feed_forward",
+    "is_torch_patched",
     "models",
     "nn",
     "patch_torch",

@@ -1,8 +1,11 @@
 """fasttx.patch_torch(): F.scaled_dot_product_attention through fasttx, torch otherwise."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.backends.registry import lookup_backend
 
 import fasttx
 from fasttx.backends import record_selections
@@ -26,9 +29,9 @@ def _inputs(batch=2, heads=3, len_q=7, len_k=5, dim=12, dtype=torch.float32, see
 
 
 def test_patch_and_unpatch_swap_the_function():
-    assert not fasttx.patching.is_torch_patched()
+    assert not fasttx.is_torch_patched() and "is_torch_patched" in fasttx.__all__
     fasttx.patch_torch()
-    assert fasttx.patching.is_torch_patched() and F.scaled_dot_product_attention is not TORCH_SDPA
+    assert fasttx.is_torch_patched() and F.scaled_dot_product_attention is not TORCH_SDPA
     fasttx.patch_torch()  # twice is once
     fasttx.unpatch_torch()
     assert F.scaled_dot_product_attention is TORCH_SDPA
@@ -38,9 +41,49 @@ def test_patch_and_unpatch_swap_the_function():
 def test_with_block_undoes_the_patch_even_on_error():
     with pytest.raises(RuntimeError, match="inside"):
         with fasttx.patch_torch():
-            assert fasttx.patching.is_torch_patched()
+            assert fasttx.is_torch_patched()
             raise RuntimeError("inside")
     assert F.scaled_dot_product_attention is TORCH_SDPA
+
+
+def test_with_blocks_nest():
+    """Each block's end restores the patch in effect at its start, not torch's function."""
+    q, k, v = _inputs()
+    fasttx.patch_torch("reference")  # a patch outside any block survives the blocks
+    with fasttx.patch_torch("triton"):
+        with fasttx.patch_torch(("reference", "triton")):
+            assert fasttx.is_torch_patched()
+        assert fasttx.is_torch_patched()
+        with record_selections() as chosen:
+            F.scaled_dot_product_attention(q, k, v)
+        assert chosen == {"attention": "triton"}
+    assert fasttx.is_torch_patched()
+    with record_selections() as chosen:
+        F.scaled_dot_product_attention(q, k, v)
+    assert chosen == {"attention": "reference"}
+    fasttx.unpatch_torch()
+    with fasttx.patch_torch():
+        with fasttx.patch_torch("reference"):
+            pass
+        assert fasttx.is_torch_patched()
+    assert not fasttx.is_torch_patched()
+
+
+def test_default_patch_warns_once_when_cpu_tensors_pass_through(monkeypatch):
+    monkeypatch.setattr(fasttx.patching, "_warned_cpu_passthrough", False)
+    q, k, v = _inputs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fasttx.patch_torch("reference"):  # fasttx runs the call: nothing to say
+            F.scaled_dot_product_attention(q, k, v)
+        assert not caught
+        for _ in range(2):
+            with fasttx.patch_torch():
+                F.scaled_dot_product_attention(q, k, v)
+                F.scaled_dot_product_attention(q, k, v)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert "cpu tensors runs on torch's own" in str(caught[0].message)
+    assert "backend=" in str(caught[0].message) and caught[0].filename == __file__
 
 
 def test_bad_backend_names_are_refused():
@@ -78,6 +121,7 @@ def test_what_fasttx_cannot_run_falls_back_to_torch(monkeypatch):
                         lambda *args, **kwargs: calls.append(kwargs) or TORCH_SDPA(*args,
                                                                                    **kwargs))
     q, k, v = _inputs()
+    monkeypatch.setattr(fasttx.patching, "_warned_cpu_passthrough", True)  # (warning tested above)
     with fasttx.patch_torch(), record_selections() as chosen:  # default: triton, CPU tensors
         F.scaled_dot_product_attention(q, k, v)  # CPU: torch's kernels are the fast path
         F.scaled_dot_product_attention(*_inputs(dtype=torch.float64))
@@ -97,3 +141,38 @@ def test_reference_backend_patch_runs_torch_modules_through_fasttx():
         out, _ = attention(x, x, x, key_padding_mask=padding, need_weights=False)
     assert chosen == {"attention": "reference"}
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@requires_triton_interpreter
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend", ["triton", None], ids=["triton", "default"])
+def test_patched_calls_compile_with_fullgraph(compiler, backend):
+    """torch.compile(fullgraph=True) traces through the patched function (a graph break
+    fails it): fasttx's op in the graph where the patch routes the call, torch's op where
+    the default patch passes CPU tensors through; outputs and gradients are eager torch's."""
+    q, k, v = _inputs(len_q=5)
+    mask = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(1)) > 0.3
+    mask[..., 0] = True
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3) * 2
+
+    expected = attend(q, k, v)
+    grads = torch.autograd.grad(expected.sum(), (q, k, v))
+    graphs = []
+
+    def recording(graph, example_inputs):
+        graphs.append(graph)
+        return lookup_backend(compiler)(graph, example_inputs)
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(), fasttx.patch_torch(backend):
+        warnings.simplefilter("ignore")  # the default patch's CPU pass-through warning
+        out = torch.compile(attend, fullgraph=True, backend=recording)(q, k, v)
+    fasttx_ops = {node.target for graph in graphs for node in graph.graph.nodes
+                  if isinstance(node.target, torch._ops.OpOverload)
+                  and node.target.namespace == "fasttx"}
+    assert bool(fasttx_ops) == (backend is not None), fasttx_ops
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(out.sum(), (q, k, v)), grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -18,9 +18,11 @@ load unchanged.
 
 Supported: transformers >= 4.53, the release from which BART, mBART, Marian, Pegasus,
 M2M100 and Whisper route their attention through ``AttentionInterface`` (tested on
-4.57 and the newest 5.x). ``output_attentions=True`` and 4.5x's ``head_mask`` work:
-the weights come from an explicit, slower path. Options fasttx has no kernel for
-(``softcap``, ``sliding_window``, ``s_aux``, ``position_bias``, the paged cache of
+4.57 and the newest 5.x), as do decoder-only models (Mistral, Qwen2 and Phi-3 tested), with
+their ``sliding_window``, which transformers folds into the mask it builds (a call without
+a mask is accepted only when every key lies inside the window). ``output_attentions=True``
+and 4.5x's ``head_mask`` work: the weights come from an explicit, slower path. Options
+fasttx has no kernel for (``softcap``, ``s_aux``, ``position_bias``, the paged cache of
 continuous batching) raise ``ValueError`` instead of computing something else.
 
 Differences from ``"eager"``: a query row that may attend to no key (a left-padded
@@ -43,7 +45,7 @@ __all__ = ["MIN_VERSION", "attention_forward", "register"]
 MIN_VERSION = (4, 53)
 
 #: Keyword arguments that change the attention in ways fasttx has no kernel for.
-_UNSUPPORTED = ("softcap", "sliding_window", "s_aux", "position_bias")
+_UNSUPPORTED = ("softcap", "s_aux", "position_bias")
 
 
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -68,7 +70,9 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             ``attention_mask`` is given and Lq > 1 (the mask builder already folded it
             into the mask otherwise); keys beyond Lq are then padding and are dropped.
         backend: the fasttx backend, None for the active default (``fasttx.use_backend``).
-        kwargs: ``output_attentions`` and ``head_mask`` (H,) are honoured; the options
+        kwargs: ``output_attentions`` and ``head_mask`` (H,) are honoured; so is
+            ``sliding_window`` (query i sees keys j > i - window), which must be in
+            ``attention_mask`` already unless every key is inside the window; the options
             in ``_UNSUPPORTED`` and a paged ``cache`` raise; others are ignored.
 
     Returns:
@@ -76,9 +80,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         ``output_attentions``, else None.
     """
     for name in _UNSUPPORTED:
-        if kwargs.get(name) is not None:
-            raise ValueError(f"fasttx attention does not support {name}={kwargs[name]!r}; "
-                             f"use attn_implementation='eager' or 'sdpa' for this model")
+        if kwargs.get(name) is not None:  # named, not printed: position_bias is a tensor
+            raise ValueError(f"fasttx attention does not support the {name} option, which "
+                             f"{type(module).__name__} passes; use attn_implementation="
+                             f"'eager' for this model")
     if type(kwargs.get("cache")).__name__ == "PagedAttentionCache":
         raise ValueError("fasttx attention does not support the paged cache of continuous "
                          "batching; use attn_implementation='sdpa' for it")
@@ -87,6 +92,11 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     causal = causal and attention_mask is None and len_q > 1
     if causal and key.shape[2] > len_q:  # as SDPA: the keys after the queries are padding
         key, value = key[:, :, :len_q], value[:, :, :len_q]
+    window = kwargs.get("sliding_window")
+    if window is not None and attention_mask is None and max(len_q, key.shape[2]) > window:
+        raise ValueError(f"fasttx attention applies sliding_window={window} only through "
+                         f"attention_mask, got none for {len_q} queries and {key.shape[2]} "
+                         f"keys; pass the mask transformers builds for this model")
 
     out = scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=causal,
