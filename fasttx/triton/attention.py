@@ -40,6 +40,7 @@ from fasttx.triton._settings import (
     autotuning,
     first_fitting_config,
     fp32_dot_precision,
+    interpreter_dtype_reason,
     interpreting,
 )
 
@@ -162,10 +163,13 @@ def untuned_config(kind, *args, **meta) -> dict:
     return first_fitting_config(_prune(kind), configs, _KERNELS[kind][0], args, meta)
 
 
-def unsupported_reason(dtype=None, head_dim=None, value_head_dim=None, **_):
+def unsupported_reason(dtype=None, head_dim=None, value_head_dim=None, device=None, **_):
     """Why these inputs can't run on the Triton kernels, or None."""
     if dtype is not None and dtype not in SUPPORTED_DTYPES:
         return f"the triton attention kernels take float16, bfloat16 or float32, got {dtype}"
+    reason = interpreter_dtype_reason("triton attention", dtype, device)  # q k^T, P v
+    if reason is not None:
+        return reason
     for name, size in (("head dim", head_dim), ("value head dim", value_head_dim)):
         if size is not None and size > MAX_HEAD_DIM:
             return f"the triton attention kernels take a {name} up to {MAX_HEAD_DIM}, got {size}"
