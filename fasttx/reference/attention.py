@@ -4,7 +4,8 @@ Shapes: q (B, H, Lq, E); k (B, Hk, Lk, E); v (B, Hk, Lk, Ev) with H a multiple o
 (grouped-query attention repeats each key/value head H/Hk times); attn_mask None or
 broadcast to (B, H, Lq, Lk), bool (True = may attend) or float (added to the scores).
 
-Forward, step by step:
+Forward, step by step (16-bit inputs are upcast to fp32 first, as the kernels' dot
+products accumulate and keep their results in fp32):
     scores = q @ k^T * scale                       (B, H, Lq, Lk), fp32
     scores += attn_mask  or  scores[~attn_mask] = -inf
     scores[j > i] = -inf            if is_causal (top-left aligned)
@@ -41,7 +42,9 @@ def sum_kv_heads(grad: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
 def masked_scores(q, k, attn_mask, is_causal, scale):
     """scores = q @ k^T * scale with every mask applied, in the accumulation dtype."""
     acc = accumulation_dtype(q.dtype)
-    scores = torch.matmul(q, k.transpose(-2, -1)).to(acc) * scale
+    # Upcast before the product: a 16-bit matmul would round every score to q's dtype
+    # (up to 5x torch's error in bf16), where the kernels keep their fp32 accumulators.
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
@@ -74,7 +77,7 @@ def attention_forward(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, sc
     keep_scale = dropout_scale(probs.shape, dropout_seed, dropout_p, q.device, dropout_counter)
     if keep_scale is not None:
         probs = probs * keep_scale
-    out = torch.matmul(probs.to(v.dtype), v)
+    out = torch.matmul(probs, v.to(probs.dtype)).to(v.dtype)  # fp32 probabilities and sums
     return out, lse
 
 
