@@ -138,33 +138,35 @@ def test_low_precision_error_is_no_worse_than_torch_sdpa(dtype, mask_kind):
 VERY_NEGATIVE = [-1e4, -6e4, -1e7, torch.finfo(torch.float32).min, -math.inf]
 
 
-def check_very_negative_float_mask(backend, masked, dtype):
+def check_very_negative_float_mask(backend, masked, dtype, device="cpu"):
     """Rows whose scores a float mask pushes wholly or partly to ``masked`` (fp32 mask):
-    output and gradients against the float64 softmax, within the budget of torch's SDPA
-    (forward) and of torch's softmax autograd in fp32 (gradients: torch's SDPA itself loses
-    them at finfo.min), each rounded to ``dtype``. softmax is shift-invariant, so a row
-    pushed uniformly down still sums to 1: the values' average once the mask drowns the
-    scores, never their sum."""
+    output and gradients (the mask's too) against the float64 softmax, within the budget of
+    torch's SDPA (forward) and of torch's softmax autograd in fp32 (gradients: torch's SDPA
+    itself loses them at finfo.min), each rounded to ``dtype``. softmax is shift-invariant,
+    so a row pushed uniformly down still sums to 1: the values' average once the mask
+    drowns the scores, never their sum."""
     seed = zlib.crc32(repr((backend, masked, dtype)).encode()) % 1000
-    q, k, v = attention_inputs(2, 2, 5, 11, 16, dtype=dtype, seed=seed, requires_grad=True)
-    mask = random_tensor(2, 1, 5, 11, seed=seed + 3)
+    q, k, v = attention_inputs(2, 2, 5, 11, 16, dtype=dtype, device=device, seed=seed,
+                               requires_grad=True)
+    mask = random_tensor(2, 1, 5, 11, device=device, seed=seed + 3)
     mask[0, :, 1] = masked        # a whole row
     mask[0, :, 3, :6] = masked    # part of a row
     mask[1, :, :, 7:] = masked    # padding keys
     mask[1, :, 4] = masked
+    inputs = (q, k, v, mask.requires_grad_(True))
     out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, backend=backend)
-    wide = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    expected = plain_attention(*wide, mask.double())
+    wide = [t.detach().double().requires_grad_(True) for t in inputs]
+    expected = plain_attention(*wide)
     assert_within_budget(out, expected, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
-    upcast = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
-    baseline = plain_attention(*upcast, mask)
-    grad = random_tensor(*out.shape, dtype=dtype, seed=seed + 4)
+    upcast = [t.detach().float().requires_grad_(True) for t in inputs]
+    baseline = plain_attention(*upcast)
+    grad = random_tensor(*out.shape, dtype=dtype, device=device, seed=seed + 4)
     floor = 4 * torch.finfo(dtype).eps * float(grad.abs().max() * v.detach().abs().max())
     for name, got, want, base in zip(
-            ("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), grad),
+            ("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, inputs, grad),
             torch.autograd.grad(expected, wide, grad.double()),
             torch.autograd.grad(baseline, upcast, grad.float()), strict=True):
-        assert_within_budget(got, want, base.to(dtype), factor=3.0, floor=floor, name=name)
+        assert_within_budget(got, want, base.to(got.dtype), factor=3.0, floor=floor, name=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
