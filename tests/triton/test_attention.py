@@ -1,8 +1,8 @@
 """The Triton attention kernels against the float64 reference, under the budget rule.
 
 Without a GPU the kernels run under Triton's interpreter on CPU tensors, in fp32 and fp16
-(the interpreter's bf16 dot is wrong) and at small sizes; the GPU tests run the same checks
-at realistic sizes in bf16 and fp16.
+(the interpreter's bf16 dot is wrong: the backend refuses bf16 there) and at small sizes;
+the GPU tests run the same checks at realistic sizes in bf16 and fp16.
 """
 
 import contextlib
