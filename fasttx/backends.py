@@ -9,7 +9,8 @@ A *backend* is a package with one module per op (``attention``, ``varlen_attenti
     fasttx.cuda        CUDA C++ kernels from the compiled extension fasttx._C
 
 An op module may also define ``unsupported_reason(**properties) -> str | None`` to
-refuse inputs it can't serve (a head dim, a dtype). ``auto`` picks the first backend in
+refuse inputs it can't serve (a head dim, a dtype; the inputs' ``device`` is among the
+properties). ``auto`` picks the first backend in
 ``AUTO_ORDER`` that can serve the inputs; an explicitly named backend never falls back:
 it raises :class:`BackendUnavailableError` naming what it can't serve.
 """
@@ -122,7 +123,7 @@ def unsupported_reason(name: str, op: str, device: torch.device, **properties) -
     if isinstance(module, str):
         return module
     check = getattr(module, "unsupported_reason", None)
-    return check(**properties) if check is not None else None
+    return check(device=device, **properties) if check is not None else None
 
 
 def select_backend(op: str, device: torch.device, requested: str | None, **properties) -> str:

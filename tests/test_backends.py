@@ -5,7 +5,7 @@ import torch
 
 import fasttx
 from fasttx import backends
-from fasttx.testing import attention_inputs
+from fasttx.testing import attention_inputs, random_tensor, requires_triton_interpreter
 
 
 def test_available_backends_reports_reasons():
@@ -33,6 +33,37 @@ def test_explicit_backend_never_falls_back_on_cpu_tensors():
             continue  # e.g. the Triton interpreter is on
         with pytest.raises(fasttx.BackendUnavailableError, match=name):
             fasttx.scaled_dot_product_attention(q, k, v, backend=name)
+
+
+@requires_triton_interpreter
+@pytest.mark.parametrize("op", ["attention", "varlen_attention", "feed_forward"])
+def test_triton_refuses_bfloat16_on_cpu_tensors_where_its_kernels_use_tl_dot(op):
+    """The interpreter's bf16 tl.dot returns garbage (errors ~1e9) without an error: CPU
+    tensors in bf16 are refused with that reason, like float64; CUDA tensors keep bf16."""
+    cpu = torch.device("cpu")
+    reason = backends.unsupported_reason("triton", op, cpu, dtype=torch.bfloat16)
+    assert reason is not None and "bfloat16" in reason and "interpreter" in reason
+    assert backends.unsupported_reason("triton", op, cpu, dtype=torch.float16) is None
+    check = backends.op_module("triton", op).unsupported_reason
+    assert check(dtype=torch.bfloat16, device=torch.device("cuda")) is None
+    assert backends.select_backend(op, cpu, "auto", dtype=torch.bfloat16) == "reference"
+
+
+@requires_triton_interpreter
+def test_triton_refusals_of_bfloat16_reach_the_ops_and_spare_add_layer_norm():
+    """An explicit backend="triton" names the reason; add_layer_norm, whose kernels use no
+    tl.dot, keeps bf16 on the interpreter (its results match the reference)."""
+    q, k, v = attention_inputs(1, 1, 3, 3, 16, dtype=torch.bfloat16)
+    with pytest.raises(fasttx.BackendUnavailableError, match="bfloat16 only on CUDA"):
+        fasttx.scaled_dot_product_attention(q, k, v, backend="triton")
+    x = random_tensor(3, 16, dtype=torch.bfloat16)
+    weights = [random_tensor(*shape, dtype=torch.bfloat16, seed=i)
+               for i, shape in enumerate([(16, 16), (16,), (16, 16), (16,)])]
+    with pytest.raises(fasttx.BackendUnavailableError, match="bfloat16 only on CUDA"):
+        fasttx.feed_forward(x, *weights, backend="triton")
+    weight, bias = torch.ones(16, dtype=torch.bfloat16), torch.zeros(16, dtype=torch.bfloat16)
+    torch.testing.assert_close(fasttx.add_layer_norm(x, x, weight, bias, backend="triton"),
+                               fasttx.add_layer_norm(x, x, weight, bias, backend="reference"))
 
 
 def test_auto_on_cpu_picks_the_reference():

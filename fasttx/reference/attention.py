@@ -4,12 +4,13 @@ Shapes: q (B, H, Lq, E); k (B, Hk, Lk, E); v (B, Hk, Lk, Ev) with H a multiple o
 (grouped-query attention repeats each key/value head H/Hk times); attn_mask None or
 broadcast to (B, H, Lq, Lk), bool (True = may attend) or float (added to the scores).
 
-Forward, step by step:
+Forward, step by step (16-bit inputs are upcast to fp32 first, as the kernels' dot
+products accumulate and keep their results in fp32):
     scores = q @ k^T * scale                       (B, H, Lq, Lk), fp32
     scores += attn_mask  or  scores[~attn_mask] = -inf
     scores[j > i] = -inf            if is_causal (top-left aligned)
-    lse = logsumexp(scores, -1)                    (B, H, Lq), -inf for a row with no key
-    probs = exp(scores - lse), 0 on such rows
+    probs = softmax(scores, -1), 0 on a row with no key (all -inf)
+    lse = logsumexp(scores, -1)                    (B, H, Lq), -inf on such rows
     probs = probs * keep / (1 - p)  with keep from Philox(seed, counter)
     out = probs @ v                                (B, H, Lq, Ev)
 
@@ -41,7 +42,9 @@ def sum_kv_heads(grad: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
 def masked_scores(q, k, attn_mask, is_causal, scale):
     """scores = q @ k^T * scale with every mask applied, in the accumulation dtype."""
     acc = accumulation_dtype(q.dtype)
-    scores = torch.matmul(q, k.transpose(-2, -1)).to(acc) * scale
+    # Upcast before the product: a 16-bit matmul would round every score to q's dtype
+    # (up to 5x torch's error in bf16), where the kernels keep their fp32 accumulators.
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
@@ -54,10 +57,16 @@ def masked_scores(q, k, attn_mask, is_causal, scale):
     return scores
 
 
-def probabilities(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """softmax rows from their log-sum-exp; a row that may attend to nothing gets zeros."""
-    empty_row = torch.isneginf(lse).unsqueeze(-1)
-    return torch.exp(scores - lse.unsqueeze(-1)).masked_fill(empty_row, 0.0)
+def probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """softmax rows of (..., Lk) scores; a row that may attend to nothing gets zeros.
+
+    torch.softmax subtracts each row's max before exp (softmax is shift-invariant), so a row
+    that a float mask pushes uniformly to -1e4, -1e7 or finfo.min keeps its weights summing
+    to 1 (the values' average at finfo.min, as in torch); exp(scores - logsumexp) would
+    not, since the log-sum-exp can't resolve log(Lk) at such magnitudes.
+    """
+    empty_row = torch.isneginf(scores).all(-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(empty_row, 0.0), dim=-1).masked_fill(empty_row, 0.0)
 
 
 def attention_forward(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, scale,
@@ -70,11 +79,11 @@ def attention_forward(q, k, v, attn_mask, dropout_seed, dropout_p, is_causal, sc
     k, v = repeat_kv_heads(k, heads), repeat_kv_heads(v, heads)
     scores = masked_scores(q, k, attn_mask, is_causal, scale)
     lse = torch.logsumexp(scores, dim=-1)
-    probs = probabilities(scores, lse)
+    probs = probabilities(scores)
     keep_scale = dropout_scale(probs.shape, dropout_seed, dropout_p, q.device, dropout_counter)
     if keep_scale is not None:
         probs = probs * keep_scale
-    out = torch.matmul(probs.to(v.dtype), v)
+    out = torch.matmul(probs, v.to(probs.dtype)).to(v.dtype)  # fp32 probabilities and sums
     return out, lse
 
 
@@ -82,7 +91,8 @@ def attention_backward(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dro
                        is_causal, scale, mask_needs_grad, dropout_counter=None):
     """Returns dq, dk, dv and d(attn_mask) (the gradient of the scores; empty if not asked).
 
-    Recomputes the probabilities from the saved log-sum-exp, as a fused kernel does:
+    Recomputes the probabilities with the forward's softmax (the fused kernels rebuild them
+    from the saved log-sum-exp instead); ``lse`` gives the accumulation dtype:
         dV = P_drop^T dO
         dP = (dO V^T) * keep / (1 - p)
         dS = P * (dP - rowsum(dO * O))
@@ -91,7 +101,7 @@ def attention_backward(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dro
     heads, kv_heads = q.shape[1], k.shape[1]
     acc = lse.dtype
     k_rep, v_rep = repeat_kv_heads(k, heads), repeat_kv_heads(v, heads)
-    probs = probabilities(masked_scores(q, k_rep, attn_mask, is_causal, scale), lse)
+    probs = probabilities(masked_scores(q, k_rep, attn_mask, is_causal, scale))
     keep_scale = dropout_scale(probs.shape, dropout_seed, dropout_p, q.device, dropout_counter)
     probs_dropped = probs if keep_scale is None else probs * keep_scale
 

@@ -8,11 +8,17 @@ mask / (1 - p) and delta = rowsum(dO * O):
 
 Three kernels, no atomics (so results are bit-identical run to run):
   1. ``attention_backward_preprocess_kernel``: delta per query row.
-  2. ``attention_backward_dkdv_kernel``: one program per key tile of one key/value head;
+  2. ``attention_backward_dq_kernel``: one program per query tile; writes dQ and, when a
+     float mask needs its gradient, the dS tiles.
+  3. ``attention_backward_dkdv_kernel``: one program per key tile of one key/value head;
      it loops over every query tile of every query head sharing that key/value head (GQA
      needs no reduction afterwards) and writes dK and dV once.
-  3. ``attention_backward_dq_kernel``: one program per query tile; writes dQ and, when a
-     float mask needs its gradient, the dS tiles.
+
+Float masks (``MASK == "float"``) can push a whole row to -1e7 or finfo.min, where the
+fp32 lse can't resolve log2(row sum): exp2(S - lse) is then off by a common factor per row
+(every probability 1 at finfo.min). The dQ kernel sums the rebuilt probabilities of each
+row as it walks all its keys, divides dQ by that sum (dS is linear in P) and saves
+1 / sum for the dK/dV kernel, so that the backward's P sums to 1 as the forward's does.
 
 Bounds: the dK/dV kernel needs no key-bounds check, since keys past the end only produce
 rows of dK/dV that are never stored; padded query rows load q = dO = 0 and lse = +inf,
@@ -74,6 +80,7 @@ def _dkdv_query_tiles(
     k, v,                # (BLOCK_N, BLOCK_D), (BLOCK_N, BLOCK_DV): this program's key tile
     q_base, do_base,     # &q[b, h, row 0, 0], &dO[b, h, row 0, 0] of the sequence
     lse_base, delta_base,  # &lse[b, h, row 0], &delta[b, h, row 0]
+    row_scale_base,      # &row_scale[b, h, row 0]: 1 / row sums of exp2(S - lse) (float masks)
     mask_base, cols,     # &mask[b, h, 0, 0]; (BLOCK_N,) key positions of the tile
     seed, counter_base, start, stop, seq_len_q, seq_len_k, len_k, qk_scale, dropout_p,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mn,
@@ -97,6 +104,8 @@ def _dkdv_query_tiles(
                                  cols[:, None], mask_base, seq_len_q, seq_len_k, qk_scale,
                                  stride_mm, stride_mn, MASK, MASK_PER_KEY, CAUSAL, False)
         probs_t = tl.math.exp2(scores_t - lse[None, :])  # (BLOCK_N, BLOCK_M), fp32
+        if MASK == "float":  # normalised by the dQ kernel's row sums
+            probs_t *= tl.load(row_scale_base + rows, mask=row_ok, other=0.0)[None, :]
         grad_probs_t = tl.dot(v, tl.trans(grad_out), input_precision=DOT_PRECISION)
         dropped_t = probs_t
         if DROPOUT:
@@ -119,6 +128,7 @@ def attention_backward_dkdv_kernel(
     grad_out_ptr,      # (B, H, Lq, Ev) or (total_q, H, Ev): dO
     lse_ptr,           # fp32 (B, H, Lq) or (H, total_q): the forward's base-2 log-sum-exp
     delta_ptr,         # fp32, laid out like lse: rowsum(dO * O)
+    row_scale_ptr,     # fp32, laid out like lse: the dQ kernel's 1 / row sums (float masks)
     grad_k_ptr,        # (B, Hk, Lk, E) or (total_k, Hk, E): dK, written
     grad_v_ptr,        # (B, Hk, Lk, Ev) or (total_k, Hk, Ev): dV, written
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -180,16 +190,18 @@ def attention_backward_dkdv_kernel(
         counter_base = (batch * num_heads + head).to(tl.int64) * len_q
         grad_k, grad_v = _dkdv_query_tiles(
             grad_k, grad_v, k, v, q_base, do_base, lse_ptr + stats, delta_ptr + stats,
-            mask_base, cols, seed, counter_base, first, tl.minimum(checked_end, end),
-            seq_len_q, seq_len_k, len_k, qk_scale, dropout_p, stride_qm, stride_qd, stride_gm,
-            stride_gd, stride_mm, stride_mn, HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M,
-            MASK, MASK_PER_KEY, IS_CAUSAL, DROPOUT, DOT_PRECISION)
+            row_scale_ptr + stats, mask_base, cols, seed, counter_base, first,
+            tl.minimum(checked_end, end), seq_len_q, seq_len_k, len_k, qk_scale, dropout_p,
+            stride_qm, stride_qd, stride_gm, stride_gd, stride_mm, stride_mn, HEAD_DIM,
+            VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, MASK, MASK_PER_KEY, IS_CAUSAL, DROPOUT,
+            DOT_PRECISION)
         grad_k, grad_v = _dkdv_query_tiles(
             grad_k, grad_v, k, v, q_base, do_base, lse_ptr + stats, delta_ptr + stats,
-            mask_base, cols, seed, counter_base, tl.maximum(checked_end, first), end,
-            seq_len_q, seq_len_k, len_k, qk_scale, dropout_p, stride_qm, stride_qd, stride_gm,
-            stride_gd, stride_mm, stride_mn, HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M,
-            MASK, MASK_PER_KEY, False, DROPOUT, DOT_PRECISION)
+            row_scale_ptr + stats, mask_base, cols, seed, counter_base,
+            tl.maximum(checked_end, first), end, seq_len_q, seq_len_k, len_k, qk_scale, dropout_p,
+            stride_qm, stride_qd, stride_gm, stride_gd, stride_mm, stride_mn, HEAD_DIM,
+            VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, MASK, MASK_PER_KEY, False, DROPOUT,
+            DOT_PRECISION)
 
     grad_k = grad_k * scale
     tl.store(grad_k_ptr + batch * stride_dkb + kv_head * stride_dkh + (k_start + cols[:, None])
@@ -205,6 +217,7 @@ def _dq_key_tiles(
     grad_q,              # fp32 accumulator (BLOCK_M, BLOCK_D)
     q, grad_out,         # (BLOCK_M, BLOCK_D), (BLOCK_M, BLOCK_DV): this program's rows
     lse, delta,          # (BLOCK_M,) base-2 lse and delta of the rows
+    row_sum,             # (BLOCK_M,) fp32 running sums of exp2(S - lse), for float masks
     k_base, v_base,      # &k[b, kv_head, row 0, 0], &v[b, kv_head, row 0, 0]
     mask_base,           # &mask[b, h, 0, 0]
     grad_mask_base,      # &d(mask)[b, h, 0, 0] of a dense (B, H, Lq, Lk) buffer
@@ -215,7 +228,8 @@ def _dq_key_tiles(
     MASK_PER_KEY: tl.constexpr, CAUSAL: tl.constexpr, BOUNDS: tl.constexpr,
     DROPOUT: tl.constexpr, MASK_GRAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Adds key tiles [start, stop) to dQ (and writes their dS when MASK_GRAD)."""
+    """Adds key tiles [start, stop) to dQ (and writes their dS when MASK_GRAD): dS from
+    P = exp2(S - lse) as is, their row sums added to ``row_sum`` for float masks."""
     dims = tl.arange(0, BLOCK_D)
     value_dims = tl.arange(0, BLOCK_DV)
     for start_n in range(start, stop, BLOCK_N):
@@ -229,6 +243,8 @@ def _dq_key_tiles(
                                cols[None, :], mask_base, seq_len_q, seq_len_k, qk_scale,
                                stride_mm, stride_mn, MASK, MASK_PER_KEY, CAUSAL, BOUNDS)
         probs = tl.math.exp2(scores - lse[:, None])
+        if MASK == "float":
+            row_sum += tl.sum(probs, 1)
         grad_probs = tl.dot(grad_out, v_t, input_precision=DOT_PRECISION)
         if DROPOUT:
             keep = dropout_keep(seed, counter_base, rows[:, None], cols[None, :], len_k,
@@ -241,7 +257,7 @@ def _dq_key_tiles(
                      grad_scores, mask=(rows[:, None] < seq_len_q) & key_ok[None, :])
         grad_q = tl.dot(grad_scores.to(k_t.dtype), tl.trans(k_t), grad_q,
                         input_precision=DOT_PRECISION)
-    return grad_q
+    return grad_q, row_sum
 
 
 @triton.jit
@@ -249,6 +265,8 @@ def attention_backward_dq_kernel(
     q_ptr, k_ptr, v_ptr,  # as in the forward kernel
     mask_ptr, key_range_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seed_ptr,  # as forward
     grad_out_ptr, lse_ptr, delta_ptr,  # as in the dK/dV kernel
+    row_scale_ptr,     # fp32, laid out like lse: 1 / row sums of exp2(S - lse), written
+                       # (float masks only)
     grad_q_ptr,        # (B, H, Lq, E) or (total_q, H, E): dQ, written
     grad_mask_ptr,     # (B, H, Lq, Lk) dense, zero-filled: dS where allowed (MASK_GRAD only)
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -296,20 +314,25 @@ def attention_backward_dq_kernel(
     first, unchecked_end, end = key_tile_range(start_m, seq_len_q, seq_len_k, key_range_ptr,
                                                batch, IS_CAUSAL, MASK_PER_KEY, BLOCK_M, BLOCK_N)
     grad_q = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    grad_q = _dq_key_tiles(
-        grad_q, q, grad_out, lse, delta, k_base, v_base, mask_base, grad_mask_base, rows, seed,
-        counter_base, first, unchecked_end, seq_len_q, seq_len_k, len_k, qk_scale, dropout_p,
-        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, stride_gmm,
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    grad_q, row_sum = _dq_key_tiles(
+        grad_q, q, grad_out, lse, delta, row_sum, k_base, v_base, mask_base, grad_mask_base,
+        rows, seed, counter_base, first, unchecked_end, seq_len_q, seq_len_k, len_k, qk_scale,
+        dropout_p, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, stride_gmm,
         stride_gmn, HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, MASK, MASK_PER_KEY,
         False, False, DROPOUT, MASK_GRAD, DOT_PRECISION)
     # edge tiles check bounds too: past-the-end keys could overflow exp2 (k = 0 there)
-    grad_q = _dq_key_tiles(
-        grad_q, q, grad_out, lse, delta, k_base, v_base, mask_base, grad_mask_base, rows, seed,
-        counter_base, unchecked_end, end, seq_len_q, seq_len_k, len_k, qk_scale, dropout_p,
-        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, stride_gmm,
+    grad_q, row_sum = _dq_key_tiles(
+        grad_q, q, grad_out, lse, delta, row_sum, k_base, v_base, mask_base, grad_mask_base,
+        rows, seed, counter_base, unchecked_end, end, seq_len_q, seq_len_k, len_k, qk_scale,
+        dropout_p, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, stride_gmm,
         stride_gmn, HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, MASK, MASK_PER_KEY,
         IS_CAUSAL, True, DROPOUT, MASK_GRAD, DOT_PRECISION)
 
+    if MASK == "float":  # normalise P (see the module docstring); rows with no key have P = 0
+        row_scale = 1.0 / tl.where(row_sum > 0.0, row_sum, 1.0)
+        grad_q = grad_q * row_scale[:, None]
+        tl.store(row_scale_ptr + stats + rows, row_scale, mask=row_ok)
     grad_q = grad_q * scale
     tl.store(grad_q_ptr + batch * stride_dqb + head * stride_dqh + (q_start + rows[:, None])
              * stride_dqm + dims[None, :] * stride_dqd, grad_q,

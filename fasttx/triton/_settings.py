@@ -1,5 +1,5 @@
-"""Settings the Triton launchers of every op read: interpreter mode, autotuning and fp32 dot
-precision."""
+"""Settings the Triton launchers of every op read: interpreter mode, autotuning, fp32 dot
+precision, and what the interpreter can't compute."""
 
 from __future__ import annotations
 
@@ -45,3 +45,17 @@ def fp32_dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and tf32_matmuls_allowed() and not interpreting():
         return "tf32"
     return "ieee"
+
+
+def interpreter_dtype_reason(kernels: str, dtype, device) -> str | None:
+    """Why ``kernels`` (which multiply with ``tl.dot``) refuse ``dtype`` on ``device``, or None.
+
+    The Triton interpreter's bfloat16 ``tl.dot`` returns garbage without an error (attention
+    off by ~1e9, the feed-forward by ~1e11), so kernels built on it take bfloat16 only on
+    CUDA tensors; CPU tensors run under the interpreter.
+    """
+    if dtype == torch.bfloat16 and device is not None and torch.device(device).type == "cpu":
+        return (f"the {kernels} kernels take bfloat16 only on CUDA tensors: the Triton "
+                f"interpreter that runs them on CPU tensors computes bfloat16 dot products "
+                f"wrongly (use float16 or float32 there, or the reference backend)")
+    return None

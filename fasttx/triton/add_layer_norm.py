@@ -62,7 +62,11 @@ def column_chunks(columns: int):
 
 
 def unsupported_reason(dtype=None, **_):
-    """Why these inputs can't run on the Triton kernels, or None."""
+    """Why these inputs can't run on the Triton kernels, or None.
+
+    bfloat16 stays allowed on CPU tensors: these kernels use no ``tl.dot`` (whose bfloat16
+    the Triton interpreter gets wrong), and their interpreted results match the reference.
+    """
     if dtype is not None and dtype not in SUPPORTED_DTYPES:
         return f"the triton add_layer_norm kernels take float16, bfloat16 or float32, got {dtype}"
     return None

@@ -40,6 +40,7 @@ from fasttx.triton._settings import (
     autotuning,
     first_fitting_config,
     fp32_dot_precision,
+    interpreter_dtype_reason,
     interpreting,
 )
 
@@ -162,10 +163,13 @@ def untuned_config(kind, *args, **meta) -> dict:
     return first_fitting_config(_prune(kind), configs, _KERNELS[kind][0], args, meta)
 
 
-def unsupported_reason(dtype=None, head_dim=None, value_head_dim=None, **_):
+def unsupported_reason(dtype=None, head_dim=None, value_head_dim=None, device=None, **_):
     """Why these inputs can't run on the Triton kernels, or None."""
     if dtype is not None and dtype not in SUPPORTED_DTYPES:
         return f"the triton attention kernels take float16, bfloat16 or float32, got {dtype}"
+    reason = interpreter_dtype_reason("triton attention", dtype, device)  # q k^T, P v
+    if reason is not None:
+        return reason
     for name, size in (("head dim", head_dim), ("value head dim", value_head_dim)):
         if size is not None and size > MAX_HEAD_DIM:
             return f"the triton attention kernels take a {name} up to {MAX_HEAD_DIM}, got {size}"
@@ -302,25 +306,31 @@ def launch_backward(seqs, grad_out, q, k, v, mask, out, lse, dropout_seed, dropo
     meta = _meta(q, k, v, mask, seqs, is_causal, dropout_p)
     rows = q.shape[0] if seqs.packed else seqs.len_q
     delta = torch.empty_like(lse)
+    # float masks only: 1 / row sums of the rebuilt probabilities, from the dQ kernel
+    row_scale = torch.empty_like(lse) if mask.kind == "float" else lse
     batches = 1 if seqs.packed else seqs.batch  # packed rows form one sequence here
     attention_backward_preprocess_kernel[(triton.cdiv(rows, 64) * heads * batches,)](
         out, grad_out, delta, *seqs.strides(out), *seqs.strides(grad_out),
         *seqs.stat_strides(delta), rows, heads, VALUE_DIM=meta["VALUE_DIM"],
         BLOCK_DV=meta["BLOCK_DV"], BLOCK_M=64)
 
-    shared = (q, k, v, mask.tensor, mask.key_range, cu_q, cu_k, seed, grad_out, lse, delta)
+    shared = (q, k, v, mask.tensor, mask.key_range, cu_q, cu_k, seed, grad_out, lse, delta,
+              row_scale)
     strides = (*seqs.strides(q), *seqs.strides(k), *seqs.strides(v), *mask.strides,
                *seqs.strides(grad_out), *seqs.stat_strides(lse))
     sizes = (heads // kv_heads, seqs.len_q, seqs.len_k, scale * LOG2E.value, scale, dropout_p,
              triton.next_power_of_2(max(seqs.len_q, seqs.len_k)))
-    _launch("dkdv", lambda m: (triton.cdiv(seqs.len_k, m["BLOCK_N"]) * kv_heads * seqs.batch,),
-            *shared, grad_k, grad_v, *strides, *seqs.strides(grad_k), *seqs.strides(grad_v),
-            kv_heads, *sizes, **meta)
     mask_grad = grad_mask is not None
+    # dQ first: for float masks it writes the row scales that dK/dV read
     _launch("dq", lambda m: (triton.cdiv(seqs.len_q, m["BLOCK_M"]) * heads * seqs.batch,),
             *shared, grad_q, grad_mask if mask_grad else q, *strides, *seqs.strides(grad_q),
             *(grad_mask.stride() if mask_grad else (0, 0, 0, 0)), heads, *sizes,
             MASK_GRAD=mask_grad, **meta)
+    if mask_grad:  # the dS tiles were written before their row sums were known
+        grad_mask.mul_(row_scale.unsqueeze(-1))
+    _launch("dkdv", lambda m: (triton.cdiv(seqs.len_k, m["BLOCK_N"]) * kv_heads * seqs.batch,),
+            *shared, grad_k, grad_v, *strides, *seqs.strides(grad_k), *seqs.strides(grad_v),
+            kv_heads, *sizes, **meta)
 
 
 def attention_backward(grad_out, q, k, v, attn_mask, out, lse, dropout_seed, dropout_p,

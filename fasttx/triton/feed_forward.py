@@ -34,6 +34,7 @@ from fasttx.triton._settings import (
     autotuning,
     first_fitting_config,
     fp32_dot_precision,
+    interpreter_dtype_reason,
     interpreting,
 )
 
@@ -81,11 +82,11 @@ def fixed_blocks(block_m: int, block_n: int, block_k: int, group_m: int = 2):
         _fixed_blocks = previous
 
 
-def unsupported_reason(dtype=None, **_):
+def unsupported_reason(dtype=None, device=None, **_):
     """Why these inputs can't run on the Triton kernels, or None."""
     if dtype is not None and dtype not in SUPPORTED_DTYPES:
         return f"the triton feed_forward kernels take float16, bfloat16 or float32, got {dtype}"
-    return None
+    return interpreter_dtype_reason("triton feed_forward", dtype, device)  # GEMMs: tl.dot
 
 
 def _shared_memory(config: triton.Config, element_size: int) -> int:

@@ -19,6 +19,7 @@ from fasttx.testing import (
     attention_inputs,
     attention_mask,
     gpu,
+    plain_attention,
     random_tensor,
 )
 
@@ -103,6 +104,75 @@ def test_low_precision_within_budget(dtype, mask_kind):
     baseline = torch_sdpa(q, k, v, low_mask, causal)
     assert out.dtype == dtype
     assert_within_budget(out, expected, baseline, factor=2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mask_kind", ["none", "float", "bool+causal"])
+def test_low_precision_error_is_no_worse_than_torch_sdpa(dtype, mask_kind):
+    """The reference is the oracle and the CPU path: in fp16/bf16 its error against float64
+    is torch's SDPA's in the same dtype (within 1.2x; gradients 1.5x), which rounding
+    q k^T or the probabilities to the input dtype would break (up to 3-5x)."""
+    seed = zlib.crc32(repr((dtype, mask_kind)).encode()) % 1000
+    q, k, v = attention_inputs(2, 4, 19, 37, 72, kv_heads=2, dtype=dtype, seed=seed,
+                               requires_grad=True)
+    mask = attention_mask(mask_kind, 2, 4, 19, 37, seed=seed)
+    causal = mask_kind.endswith("causal")
+    low_mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
+    wide = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=low_mask, is_causal=causal,
+                                              enable_gqa=True, backend="reference")
+    expected = torch_sdpa(*wide, low_mask if mask is None or mask.dtype == torch.bool
+                          else low_mask.double(), causal)
+    baseline = torch_sdpa(q, k, v, low_mask, causal)
+    assert_within_budget(out, expected, baseline, factor=1.2, floor=0.0)
+    grad = random_tensor(*out.shape, dtype=dtype, seed=seed + 1)
+    for name, got, want, base in zip(
+            ("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), grad),
+            torch.autograd.grad(expected, wide, grad.double()),
+            torch.autograd.grad(baseline, (q, k, v), grad), strict=True):
+        assert_within_budget(got, want, base, factor=1.5, floor=0.0, name=name)
+
+
+# What padding masks fill in: -1e4, HF's finfo(fp16).min (~ -6e4), -1e7, finfo(fp32).min;
+# -inf for contrast (a row masked entirely with -inf reads zeros).
+VERY_NEGATIVE = [-1e4, -6e4, -1e7, torch.finfo(torch.float32).min, -math.inf]
+
+
+def check_very_negative_float_mask(backend, masked, dtype, device="cpu"):
+    """Rows whose scores a float mask pushes wholly or partly to ``masked`` (fp32 mask):
+    output and gradients (the mask's too) against the float64 softmax, within the budget of
+    torch's SDPA (forward) and of torch's softmax autograd in fp32 (gradients: torch's SDPA
+    itself loses them at finfo.min), each rounded to ``dtype``. softmax is shift-invariant,
+    so a row pushed uniformly down still sums to 1: the values' average once the mask
+    drowns the scores, never their sum."""
+    seed = zlib.crc32(repr((backend, masked, dtype)).encode()) % 1000
+    q, k, v = attention_inputs(2, 2, 5, 11, 16, dtype=dtype, device=device, seed=seed,
+                               requires_grad=True)
+    mask = random_tensor(2, 1, 5, 11, device=device, seed=seed + 3)
+    mask[0, :, 1] = masked        # a whole row
+    mask[0, :, 3, :6] = masked    # part of a row
+    mask[1, :, :, 7:] = masked    # padding keys
+    mask[1, :, 4] = masked
+    inputs = (q, k, v, mask.requires_grad_(True))
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, backend=backend)
+    wide = [t.detach().double().requires_grad_(True) for t in inputs]
+    expected = plain_attention(*wide)
+    assert_within_budget(out, expected, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    upcast = [t.detach().float().requires_grad_(True) for t in inputs]
+    baseline = plain_attention(*upcast)
+    grad = random_tensor(*out.shape, dtype=dtype, device=device, seed=seed + 4)
+    floor = 4 * torch.finfo(dtype).eps * float(grad.abs().max() * v.detach().abs().max())
+    for name, got, want, base in zip(
+            ("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, inputs, grad),
+            torch.autograd.grad(expected, wide, grad.double()),
+            torch.autograd.grad(baseline, upcast, grad.float()), strict=True):
+        assert_within_budget(got, want, base.to(got.dtype), factor=3.0, floor=floor, name=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("masked", VERY_NEGATIVE, ids=str)
+def test_rows_pushed_far_down_by_a_float_mask_follow_torch(masked, dtype):
+    check_very_negative_float_mask("reference", masked, dtype)
 
 
 def test_leading_batch_dims_and_unbatched():

@@ -230,6 +230,9 @@ def recording():
     for name in LAUNCHER_MODULES:  # the GPU test run's tiles: not interpreted, not autotuned
         module = importlib.import_module(f"fasttx.triton.{name}")
         patches.append(mock.patch.object(module, "interpreting", lambda: False))
+        if hasattr(module, "interpreter_dtype_reason"):  # bf16 as on the GPU: nothing runs
+            patches.append(mock.patch.object(module, "interpreter_dtype_reason",
+                                             lambda *_: None))
         if hasattr(module, "autotuning"):
             patches.append(mock.patch.object(module, "autotuning", lambda: False))
     with contextlib.ExitStack() as stack:

@@ -1,8 +1,8 @@
 """The Triton attention kernels against the float64 reference, under the budget rule.
 
 Without a GPU the kernels run under Triton's interpreter on CPU tensors, in fp32 and fp16
-(the interpreter's bf16 dot is wrong) and at small sizes; the GPU tests run the same checks
-at realistic sizes in bf16 and fp16.
+(the interpreter's bf16 dot is wrong: the backend refuses bf16 there) and at small sizes;
+the GPU tests run the same checks at realistic sizes in bf16 and fp16.
 """
 
 import contextlib
@@ -29,6 +29,7 @@ from fasttx.testing import (
     random_tensor,
     requires_triton,
 )
+from tests.ops.test_attention import VERY_NEGATIVE, check_very_negative_float_mask
 from tests.triton.launches import recorded_launches
 
 pytestmark = requires_triton
@@ -413,6 +414,15 @@ def test_finite_float_mask_minimum_stays_finite_as_in_torch():
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask))
     torch.testing.assert_close(out[0, :, 4], v[0].mean(-2))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # clamped at once
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("masked", VERY_NEGATIVE, ids=str)
+def test_rows_pushed_far_down_by_a_float_mask_follow_torch(masked, dtype):
+    """Forward and gradients; at finfo.min the saved lse can't resolve the row sum, so the
+    backward's rebuilt probabilities need the dQ kernel's row scales."""
+    check_very_negative_float_mask("triton", masked, dtype, device=DEVICE)
 
 
 def test_row_offsets_past_32_bits_are_refused_with_the_tensor_named():

@@ -40,13 +40,12 @@ def forward_backward(q, k, v, **kwargs):
 
 
 def test_padding_causal_dropout_bf16_compiles_for_ampere_and_hopper():
-    # bf16 values are never multiplied here: only the launch (dtypes, strides) is recorded
+    # recorded in fp16 (the triton backend refuses bf16 under the interpreter), compiled as bf16
     q, k, v = attention_inputs(2, 2, 32, 32, 128, dtype=torch.float16, requires_grad=True)
-    q, k, v = (t.detach().bfloat16().requires_grad_(True) for t in (q, k, v))
     launches = record_launches(lambda: forward_backward(
         q, k, v, attn_mask=key_padding_mask([32, 17], 32), is_causal=True, dropout_p=0.1))
-    assert [kind for kind, _, _ in launches] == ["forward", "dkdv", "dq"]
-    compile_launches(launches, ["ampere", "hopper"])
+    assert [kind for kind, _, _ in launches] == ["forward", "dq", "dkdv"]
+    compile_launches(launches_module.as_bf16(launches), ["ampere", "hopper"])
 
 
 def test_float_mask_gradient_gqa_fp16_compiles_for_hopper():
@@ -55,7 +54,7 @@ def test_float_mask_gradient_gqa_fp16_compiles_for_hopper():
     mask = torch.randn(1, 1, 24, 40, dtype=torch.float16, requires_grad=True)
     launches = record_launches(lambda: forward_backward(q, k, v, attn_mask=mask,
                                                         enable_gqa=True))
-    assert launches[-1][2]["MASK_GRAD"]
+    assert [meta.get("MASK_GRAD") for kind, _, meta in launches if kind == "dq"] == [True]
     compile_launches(launches, ["hopper"])
 
 

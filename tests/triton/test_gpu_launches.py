@@ -24,7 +24,7 @@ def test_a_replay_records_every_kernel_with_the_hopper_tiles():
         replay(is_causal=True, dtype=torch.bfloat16)
     kernels = [name for name, _, _ in launches]
     assert kernels == ["attention_forward_kernel", "attention_backward_preprocess_kernel",
-                       "attention_backward_dkdv_kernel", "attention_backward_dq_kernel"]
+                       "attention_backward_dq_kernel", "attention_backward_dkdv_kernel"]
     from fasttx.triton.attention import _CONFIGS
     forward = launches[0][2]
     assert (forward["BLOCK_M"], forward["BLOCK_N"], forward["num_warps"],
