@@ -200,13 +200,16 @@ def attention_probabilities(query, key, attn_mask=None, is_causal=False, scale=N
 
     Returns:
         (N..., H, Lq, Lk) softmax(q k^T * scale + masks) in query's dtype, before any
-        dropout; a row that may attend to no key is zero (not NaN).
+        dropout; a row that may attend to no key is zero (not NaN). 16-bit inputs are
+        upcast to fp32 for the scores and the softmax, as the kernels do, and the weights
+        are rounded once at the end.
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     heads, kv_heads = query.shape[-3], key.shape[-3]
     if kv_heads != heads:  # grouped-query attention: each key head serves H / Hk query heads
         key = key.repeat_interleave(heads // kv_heads, dim=-3)
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    accumulate = torch.promote_types(query.dtype, torch.float32)
+    scores = torch.matmul(query.to(accumulate), key.to(accumulate).transpose(-2, -1)) * scale
     if attn_mask is not None:
         scores = (scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
                   else scores + attn_mask)
@@ -215,4 +218,5 @@ def attention_probabilities(query, key, attn_mask=None, is_causal=False, scale=N
         scores = scores.masked_fill(future, float("-inf"))
     empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
     # Zero the empty rows before the softmax so that neither values nor gradients are NaN.
-    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    return weights.to(query.dtype)

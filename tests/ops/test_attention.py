@@ -89,6 +89,23 @@ def test_attention_probabilities_are_the_weights_the_op_applies(shape, mask_kind
     assert torch.all(((sums - 1).abs() < 1e-12) | (sums == 0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["none", "bool+causal", "float"])
+def test_attention_probabilities_keep_16_bit_scores_in_fp32(dtype, mask_kind):
+    """16-bit weights are the fp32 computation rounded once (the scores and the softmax are
+    not rounded to 16 bits on the way, which cost several times torch's error)."""
+    q, k, _ = attention_inputs(2, 4, 9, 13, 24, kv_heads=2, dtype=dtype, seed=11)
+    mask = attention_mask(mask_kind, 2, 4, 9, 13)
+    causal = mask_kind.endswith("causal")
+    low_mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
+    weights = attention_probabilities(q, k, low_mask, causal, scale=0.9)
+    wide_mask = low_mask.float() if low_mask is not None and low_mask.is_floating_point() \
+        else low_mask
+    expected = attention_probabilities(q.float(), k.float(), wide_mask, causal, scale=0.9)
+    assert weights.dtype == dtype
+    torch.testing.assert_close(weights, expected.to(dtype), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mask_kind", ["none", "bool+causal", "float"])
 def test_low_precision_within_budget(dtype, mask_kind):
