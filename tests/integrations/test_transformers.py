@@ -107,18 +107,15 @@ def logits_loss_grads(model, inputs):
 # ----------------------------------------------------------------- logits and gradients
 
 
-# Since the float64 oracle has the float32 models' weights (it had other ones, and a budget
-# the size of the logits), the Triton kernels' parameter gradients exceed 3x plain PyTorch's
-# error on a few elements (BART: up to 4.8x, around 6e-6 absolute); not yet explained.
-TRITON_GRADIENTS = pytest.mark.xfail(
-    strict=False, reason="Triton gradients at 3-5x plain PyTorch's float32 error on a few "
-    "elements of the tiny models; to be investigated in the kernels' own tests")
-GRADIENT_CASES = [pytest.param(family, backend, id=f"{family}-{backend}",
-                               marks=TRITON_GRADIENTS if backend == "triton" else ())
-                  for family, backend in CASES]
+# The Triton kernels' gradients through a whole model get 4x plain PyTorch's error, not 3x:
+# like FlashAttention they rebuild the probabilities from the saved log-sum-exp, and the
+# rounding of one attention call passes through every layer before it. Measured on CPU over
+# BART and Marian, seeds 0-3: at most 3.4x (one element of BART's encoder fc2 weight, at
+# this suite's seed), all other cases within 1x; the op-level tests hold each call to 3x.
+TRITON_MODEL_GRADIENT_FACTOR = 4
 
 
-@pytest.mark.parametrize("family,backend", GRADIENT_CASES)
+@pytest.mark.parametrize("family,backend", CASES)
 def test_logits_loss_and_gradients_match_eager(family, backend, spy):
     inputs = model_inputs(family)
     want_logits, want_loss, want_grads = logits_loss_grads(
@@ -130,10 +127,12 @@ def test_logits_loss_and_gradients_match_eager(family, backend, spy):
     assert used["attention"] == backend
     assert len(spy.calls) == CALLS_PER_FORWARD
     assert_matches_oracle((logits, loss, grads), (want_logits, want_loss, want_grads),
-                          eager, sdpa)
+                          eager, sdpa,
+                          gradient_factor=TRITON_MODEL_GRADIENT_FACTOR if backend == "triton"
+                          else 3)
 
 
-def assert_matches_oracle(got, want, eager, sdpa):
+def assert_matches_oracle(got, want, eager, sdpa, gradient_factor=3):
     """The tolerance rule on (logits, loss, grads) triples, plain PyTorch's worse baseline."""
     for index, name in enumerate(("logits", "loss")):
         assert_within_budget(got[index], want[index],
@@ -141,7 +140,7 @@ def assert_matches_oracle(got, want, eager, sdpa):
     assert got[2].keys() == want[2].keys()
     for name, grad in got[2].items():
         baseline = worse_baseline(want[2][name], eager[2][name], sdpa[2][name])
-        assert_within_budget(grad, want[2][name], baseline, factor=3, name=name)
+        assert_within_budget(grad, want[2][name], baseline, factor=gradient_factor, name=name)
 
 
 def test_padding_only_masks_arrive_as_key_padding(spy):
