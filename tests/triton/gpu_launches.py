@@ -146,6 +146,19 @@ def _(dim, **_):
     _add_layer_norm(inputs, 0.1)
 
 
+@replay("tests.triton.test_add_layer_norm", "test_gpu_constant_and_ill_conditioned_rows")
+def _(dtype, dim, **_):
+    tests = importlib.import_module("tests.triton.test_add_layer_norm")
+    x, residual, weight, bias = tests.constant_rows(dim, dtype, seed=dim)
+    for eps in (1e-5, 1e-12):
+        fasttx.add_layer_norm(x, residual, weight, bias, eps, backend="triton")
+    if dtype == torch.float32:
+        inputs = tests.layer_norm_inputs((257, dim), dtype, seed=91, offset=2e4)
+        out = fasttx.add_layer_norm(*inputs, eps=1e-12, return_residual=True,
+                                    backend="triton")
+        _grads(out, inputs)
+
+
 def _feed_forward(x, weights, activation):
     out = fasttx.feed_forward(x, *weights, activation=activation, dropout_p=0.1,
                               backend="triton")
