@@ -65,10 +65,10 @@ MAX_FILES, MAX_FILE_BYTES, MAX_DEPTH = 8, 16 * 2**20, 2  # what comes back from 
 LOG_BYTES = 2 * 2**20   # a log is cut to its head and tail beyond this in logs.tar.gz
 RESERVE = 15            # seconds kept for the summary and the packing
 WORKERS = 6             # pytest-xdist workers of the tests phase (Triton compiles in each)
-# The tests phase on an H200, from the count (`--plan` runs it again): the suite's 113
-# Triton cases compile 267 distinct kernel specialisations. All of them compiled for sm_90
-# here with Triton 3.6 (the GPU machine's) in 370 s on a busy 2-core CPU, 1.4 s each (0.6 s
-# with Triton 3.9 on an idle core): about 60 s over WORKERS workers, plus ~45 s for the
+# The tests phase on an H200, from the count (`--plan` runs it again): the suite's 119
+# Triton cases compile 276 distinct kernel specialisations. All of them compiled for sm_90
+# here with Triton 3.6 (the GPU machine's) in 330 s on a busy 2-core CPU, 1.2 s each (0.6 s
+# with Triton 3.9 on an idle core): about 55 s over WORKERS workers, plus ~45 s for the
 # tests themselves and the workers' start.
 TESTS_ESTIMATE = 110
 
