@@ -16,6 +16,7 @@ from fasttx import _checks
 from fasttx import random as philox
 from fasttx.backends import op_module, select_backend
 from fasttx.ops.library import contiguous, define, dense_like, none_if_empty
+from fasttx.reference import attention as reference_attention
 
 
 @define("attention_forward")
@@ -208,15 +209,6 @@ def attention_probabilities(query, key, attn_mask=None, is_causal=False, scale=N
     heads, kv_heads = query.shape[-3], key.shape[-3]
     if kv_heads != heads:  # grouped-query attention: each key head serves H / Hk query heads
         key = key.repeat_interleave(heads // kv_heads, dim=-3)
-    accumulate = torch.promote_types(query.dtype, torch.float32)
-    scores = torch.matmul(query.to(accumulate), key.to(accumulate).transpose(-2, -1)) * scale
-    if attn_mask is not None:
-        scores = (scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
-                  else scores + attn_mask)
-    if is_causal:
-        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    # Zero the empty rows before the softmax so that neither values nor gradients are NaN.
-    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-    return weights.to(query.dtype)
+    # the reference's own scores and softmax, which take any leading dimensions
+    scores = reference_attention.masked_scores(query, key, attn_mask, is_causal, scale)
+    return reference_attention.probabilities(scores).to(query.dtype)
