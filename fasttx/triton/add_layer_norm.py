@@ -112,13 +112,20 @@ def _warps(elements: int) -> int:
     return min(_MAX_WARPS, max(1, elements // (32 * _ELEMENTS_PER_THREAD)))
 
 
+def programs_per_sm(num_warps: int) -> int:
+    """The backward programs the persistent grid assumes resident on one SM at once: half
+    the SM's 64-warp capacity. The static cost report checks it against the compiled
+    kernel's real occupancy (registers and shared memory)."""
+    return max(1, 32 // num_warps)
+
+
 def _persistent_programs(device: torch.device, num_warps: int) -> int:
-    """Programs of the backward's persistent grid: as many as stay resident at half the
-    SM's warp capacity (a fixed number per device, so the reduction order is too)."""
+    """Programs of the backward's persistent grid: ``programs_per_sm`` on every SM (a fixed
+    number per device, so the reduction order is too)."""
     if device.type != "cuda" or interpreting():
         return _INTERPRETER_PROGRAMS
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
-    return sm_count * max(1, 32 // num_warps)
+    return sm_count * programs_per_sm(num_warps)
 
 
 def _with_unit_column_stride(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -240,7 +240,7 @@ def test_opcheck_reference(op_name):
 @requires_triton
 @pytest.mark.parametrize("op_name", sorted(SCHEMAS))
 def test_opcheck_triton(op_name):
-    from tests.triton.launches import recorded_launches
+    from benchmarks.static.launches import recorded_launches
 
     module = pytest.importorskip(f"fasttx.triton.{TRITON_MODULES[op_name.rsplit('_', 1)[0]]}")
     with recorded_launches(module) as launches:

@@ -295,7 +295,7 @@ def time_compiles(recorded: dict[str, list], samples: int) -> list[dict]:
         for launches in by_kernel.values():  # round robin: every kernel sampled
             if launches and len(picked) < samples:
                 picked.append(launches.pop(0))
-    from tests.triton.launches import argument_spec
+    from benchmarks.static.launches import argument_spec
     request = [{"kernel": name, "specs": [argument_spec(a) for a in args],
                 "constants": {k: v for k, v in kwargs.items()
                               if k not in ("num_warps", "num_stages")},
@@ -333,7 +333,7 @@ def _compile(request: list[dict]) -> list[dict]:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from tests.triton._compile_worker import source
+    from benchmarks.static.compile import source
     kernels = _kernels_by_name()
     results = []
     for launch in request:

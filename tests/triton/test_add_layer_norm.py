@@ -24,7 +24,7 @@ from fasttx.testing import (
     to_float64,
 )
 from tests.ops.test_add_layer_norm import constant_rows, torch_add_layer_norm
-from tests.triton.launches import recorded_launches
+from benchmarks.static.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_add_layer_norm = pytest.importorskip("fasttx.triton.add_layer_norm")

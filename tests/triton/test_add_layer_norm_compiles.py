@@ -12,7 +12,7 @@ import torch
 
 import fasttx
 from fasttx.testing import requires_triton
-from tests.triton.launches import as_bf16, compile_launches, record_launches
+from benchmarks.static.launches import as_bf16, compile_launches, record_launches
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")

@@ -30,7 +30,7 @@ from fasttx.testing import (
     requires_triton,
 )
 from tests.ops.test_attention import VERY_NEGATIVE, check_very_negative_float_mask
-from tests.triton.launches import recorded_launches
+from benchmarks.static.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_attention = pytest.importorskip("fasttx.triton.attention")

@@ -14,7 +14,7 @@ import torch
 
 import fasttx
 from fasttx.testing import attention_inputs, key_padding_mask, requires_triton
-from tests.triton import launches as launches_module
+from benchmarks.static import launches as launches_module
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")

@@ -28,7 +28,7 @@ from fasttx.testing import (
     to_float64,
 )
 from tests.ops.test_feed_forward import ACTIVATIONS, make_weights, torch_feed_forward
-from tests.triton.launches import recorded_launches
+from benchmarks.static.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_feed_forward = pytest.importorskip("fasttx.triton.feed_forward")

@@ -1,7 +1,7 @@
 """The feed-forward kernels compile for real GPUs (sm_80, sm_90) without register spills.
 
 The launches of real calls are recorded under the interpreter and compiled ahead of time
-with Triton's compiler and the ptxas it ships (see tests/triton/launches.py). On Hopper
+with Triton's compiler and the ptxas it ships (see benchmarks/static/launches.py). On Hopper
 every config of the family a launch autotunes over is compiled and must use wgmma and
 spill nothing: the worst cases of each family (gelu_tanh with dropout and the bias-gradient
 row sums for the heavy one; relu's backward epilogue and the biased linear layer for the
@@ -14,7 +14,7 @@ import torch
 
 import fasttx
 from fasttx.testing import requires_triton
-from tests.triton.launches import as_bf16, compile_launches, record_launches
+from benchmarks.static.launches import as_bf16, compile_launches, record_launches
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")

@@ -9,7 +9,7 @@ import torch
 
 import fasttx
 from fasttx.testing import attention_inputs, requires_triton
-from tests.triton.launches import recorded_launches
+from benchmarks.static.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_attention = pytest.importorskip("fasttx.triton.attention")

@@ -2,9 +2,11 @@
 
 Every launcher module (``fasttx.triton.attention``, ``add_layer_norm``, ``feed_forward``)
 launches through one ``_launch(kind, grid, *args, **meta)``; spying on it gives the exact
-arguments of real calls, which the compile tests then compile for real GPUs in a
-subprocess (``_compile_worker``) without needing one.
+arguments of real calls, which the compile tests and the static cost report then compile
+for real GPUs in a subprocess (``benchmarks.static.compile``) without needing one.
 """
+
+from __future__ import annotations
 
 import contextlib
 import json
@@ -21,14 +23,18 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 
 @contextlib.contextmanager
-def recorded_launches(module, describe=lambda argument: argument):
-    """Yields a list that fills with (kind, [describe(arg)...], meta) per kernel launch."""
+def recorded_launches(module, describe=lambda argument: argument, run=True):
+    """Yields a list that fills with (kind, [describe(arg)...], meta) per kernel launch.
+    With ``run=False`` the kernels are not run at all (their outputs stay uninitialised):
+    enough to record the launches of large shapes, whose arguments do not depend on
+    values."""
     launches = []
     real_launch = module._launch
 
     def spy(kind, grid, *args, **meta):
         launches.append((kind, [describe(a) for a in args], meta))
-        real_launch(kind, grid, *args, **meta)
+        if run:
+            real_launch(kind, grid, *args, **meta)
 
     with mock.patch.object(module, "_launch", spy):
         yield launches
@@ -43,9 +49,9 @@ def argument_spec(value):
     return ["int", int(value)]
 
 
-def record_launches(module, call):
+def record_launches(module, call, run=True):
     """(kind, argument specs, meta) of every kernel launch of ``module`` inside ``call()``."""
-    with recorded_launches(module, argument_spec) as launches:
+    with recorded_launches(module, argument_spec, run=run) as launches:
         call()
     return launches
 
@@ -60,15 +66,22 @@ def as_bf16(launches):
     return launches
 
 
-def compile_launches(op, launches, architectures, all_configs=False):
+def compile_launches(op, launches, architectures, all_configs=False, analyse=False,
+                     python=None, environment=None):
     """Compiles each launch of ``fasttx.triton.<op>`` in a fresh process where the kernels
     are real JIT functions; returns one record per (launch, architecture, config) with the
-    shared memory, whether wgmma was used, and the registers and spill bytes per thread."""
+    shared memory, whether wgmma was used, and the registers and spill bytes per thread
+    (``benchmarks.static.compile`` lists the rest, with ``analyse``). ``python``: the
+    interpreter to compile with (another virtualenv's, for another Triton version)."""
     request = json.dumps({"op": op, "launches": launches, "architectures": architectures,
-                          "all_configs": all_configs})
-    environment = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    done = subprocess.run([sys.executable, "-m", "tests.triton._compile_worker"],
+                          "all_configs": all_configs, "analyse": analyse})
+    environment = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1",
+                       **(environment or {}))
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [REPOSITORY, environment.get("PYTHONPATH")]))
+    done = subprocess.run([python or sys.executable, "-m", "benchmarks.static.compile"],
                           input=request, capture_output=True, text=True, env=environment,
                           cwd=REPOSITORY)
-    assert done.returncode == 0, done.stderr[-3000:]
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling {op} launches failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)

@@ -1,13 +1,22 @@
-"""Compiles recorded kernel launches ahead of time (see tests/triton/launches.py).
+"""Compiles recorded kernel launches ahead of time (see benchmarks/static/launches.py).
 
 Reads {"op", "launches": [[kind, argument specs, meta], ...], "architectures": [...],
-"all_configs": bool} as JSON on stdin and prints one JSON record per (launch, architecture,
-config). Runs with TRITON_INTERPRET=0 so that the kernels are JIT functions the compiler
-can take. Autotuned kernels compile with each architecture's first config (or all of them);
-the others with the meta-parameters of the launch itself.
+"all_configs": bool, "analyse": bool} as JSON on stdin and prints one JSON record per
+(launch, architecture, config). Runs with TRITON_INTERPRET=0 so that the kernels are JIT
+functions the compiler can take. Autotuned kernels compile with each architecture's first
+config (or all of them); the others with the meta-parameters of the launch itself.
+
+With ``analyse`` each record also carries what the compiler itself reports: ptxas's
+registers, stack frame and spill stores/loads (its ``-v`` log: each kernel compiles with
+an empty Triton cache, so that ptxas runs), the PTX's warpgroup MMA, wait depths,
+TMA and ``setmaxnreg``, and every SASS loop's opcode counts (``benchmarks.static.sass``).
+Any Python with Triton and torch can run it (``python -m benchmarks.static.compile`` with
+the repository on PYTHONPATH), so the same launches compile under several Triton versions.
 """
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import re
@@ -19,10 +28,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from benchmarks.static import sass
+
 CAPABILITY = {"ampere": 80, "hopper": 90}
 SIZES = {"fp16": 2, "bf16": 2, "fp32": 4, "u8": 1, "i32": 4, "i64": 8}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                          "cuobjdump")
+_PTXAS_USAGE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                          r"(\d+) bytes spill loads.*?Used (\d+) registers", re.S)
 
 
 def source(kernel, specs, constants):
@@ -48,13 +61,17 @@ def source(kernel, specs, constants):
     return ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """Registers and spill bytes per thread, from cuobjdump's resource usage."""
+def cuobjdump(cubin: bytes, *options: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        report = subprocess.run([CUOBJDUMP, "--dump-resource-usage", file.name],
-                                capture_output=True, text=True).stdout
+        return subprocess.run([CUOBJDUMP, *options, file.name], capture_output=True,
+                              text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and spill bytes per thread, from cuobjdump's resource usage."""
+    report = cuobjdump(cubin, "--dump-resource-usage")
     registers = re.search(r"REG:(\d+)", report)
     stack = re.search(r"STACK:(\d+)", report)
     return {"registers": int(registers.group(1)) if registers else None,
@@ -101,6 +118,49 @@ def kernel_of(module, kind):
     return kernel
 
 
+def analysis(compiled, ptxas_log: str) -> dict:
+    """What the compiler reports about one compiled kernel (see the module docstring)."""
+    ptx = compiled.asm["ptx"]
+    usage = _PTXAS_USAGE.search(ptxas_log)
+    if usage is None:
+        raise RuntimeError("no ptxas report: was the kernel served from Triton's cache? "
+                           f"(the log read: {ptxas_log[-500:]!r})")
+    stack, spill_stores, spill_loads, registers = map(int, usage.groups())
+    functions = sass.parse(cuobjdump(compiled.asm["cubin"], "-sass"))
+    (name, instructions), = functions.items()
+    return {
+        "function": name,
+        "ptxas": {"registers": registers, "stack": stack, "spill_stores": spill_stores,
+                  "spill_loads": spill_loads},
+        "ptx": {"wgmma": ptx.count("wgmma.mma_async"),
+                "wgmma_wait": sorted({int(n) for n in re.findall(
+                    r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)}),
+                "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),
+                "cp_async": len(re.findall(r"cp\.async\.c[ag]", ptx)),
+                "tma": ptx.count("cp.async.bulk.tensor"),
+                "setmaxnreg": ptx.count("setmaxnreg")},
+        "instructions": len(instructions),
+        "loops": [{"start": loop.start, "end": loop.end, "opcodes": loop.opcodes}
+                  for loop in sass.loops(instructions)],
+    }
+
+
+def compile_one(kernel, specs, constants, options, arch, analyse):
+    """triton.compile; when analysing, in an empty cache with ptxas's log captured (Triton
+    prints it under TRITON_DUMP_PTXAS_LOG)."""
+    def compile_():
+        return triton.compile(source(kernel, specs, constants),
+                              target=GPUTarget("cuda", CAPABILITY[arch], 32), options=options)
+
+    if not analyse:
+        return compile_(), {}
+    log = io.StringIO()
+    with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(log):
+        os.environ.update(TRITON_CACHE_DIR=cache, TRITON_DUMP_PTXAS_LOG="1")
+        compiled = compile_()
+    return compiled, analysis(compiled, log.getvalue())
+
+
 def main():
     request = json.load(sys.stdin)
     module = importlib.import_module(f"fasttx.triton.{request['op']}")
@@ -113,14 +173,13 @@ def main():
             for constants, options, estimate in configs:
                 launch_meta = {k: v for k, v in meta.items()
                                if k not in ("num_warps", "num_stages")}
-                compiled = triton.compile(
-                    source(kernel, specs, dict(launch_meta, **constants)),
-                    target=GPUTarget("cuda", CAPABILITY[arch], 32), options=options)
+                compiled, details = compile_one(kernel, specs, dict(launch_meta, **constants),
+                                                options, arch, request.get("analyse"))
                 results.append({"kind": kind, "arch": arch, "config": constants,
                                 "options": options, "shared": compiled.metadata.shared,
                                 "estimated_shared": estimate,
                                 "wgmma": "wgmma" in compiled.asm["ptx"],
-                                **resource_usage(compiled.asm["cubin"])})
+                                **resource_usage(compiled.asm["cubin"]), **details})
     json.dump(results, sys.stdout)
 
 
