@@ -126,3 +126,26 @@ def cases(ops=("attention", "add_layer_norm", "feed_forward")) -> list[Case]:
                        _feed_forward_call(tokens, d_model, d_ff))
                   for tokens, d_model, d_ff in FEED_FORWARD_SHAPES]
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """What one iteration of a kernel's hot loop computes, and which loop that is."""
+
+    unit: str            # "score", "element", "k-step"
+    per_iteration: int   # units one iteration of the whole CTA computes
+    loop: str            # "fewest": the smallest loop doing the kernel's tensor-core work
+                         # (attention's mask-free bulk pass); "most": the largest (the
+                         # slowest GEMM programs); "sum": every loop runs once per unit of
+                         # work (add_layer_norm); "kernel": no loop, one tile per program
+
+
+def work(op: str, kind: str, meta: dict) -> Work:
+    """The hot loop's work for a launch of ``kind`` with these meta-parameters (the launch's
+    and the compiled config's)."""
+    if op == "attention":  # forward and dQ stream keys, dK/dV streams queries
+        return Work("score", meta["BLOCK_M"] * meta["BLOCK_N"], "fewest")
+    if op == "feed_forward":  # one K step of the output tile: a MAC tile
+        return Work("k-step", 1, "most")
+    rows = meta.get("BLOCK_ROWS", meta.get("BLOCK_P", 1))
+    return Work("element", rows * meta["BLOCK_D"], "kernel" if kind == "forward" else "sum")
