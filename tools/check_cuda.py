@@ -44,11 +44,16 @@ HEADER_WHEELS = {
 }
 
 
-def find_nvcc() -> str:
+def nvcc_path() -> str | None:
+    """nvcc in $CUDA_HOME, $CUDA_PATH or /usr/local/cuda, else on PATH; None without one."""
     for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if candidate and (pathlib.Path(candidate) / "bin" / "nvcc").exists():
             return str(pathlib.Path(candidate) / "bin" / "nvcc")
-    nvcc = shutil.which("nvcc")
+    return shutil.which("nvcc")
+
+
+def find_nvcc() -> str:
+    nvcc = nvcc_path()
     if nvcc is None:
         sys.exit("check-cuda: nvcc was found neither in $CUDA_HOME/bin nor on PATH")
     return nvcc
