@@ -7,6 +7,7 @@
     python -m benchmarks --list --op attention    # the cases, without running them
     python -m benchmarks --list --quick           # on CPU too: a GPU profile's cases, previewed
     python -m benchmarks report                   # tables and plots (see benchmarks.report)
+    python -m benchmarks static                   # the static cost report (no GPU needed)
 
 Each op's results go to ``benchmarks/results/<gpu>/<op>.json`` (``<op>-quick.json`` for the
 quick profile; ``--out`` picks another folder), rewritten after every case so that an
@@ -137,6 +138,11 @@ def main(argv=None) -> None:
     if argv[:1] == ["report"]:
         from benchmarks import report
         return report.main(argv[1:])
+    if argv[:1] == ["static"]:
+        import os
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # its launches are recorded on CPU
+        from benchmarks.static import report as static_report
+        return static_report.main(argv[1:])
     args = parse_args(argv)
     plan = [(module, selected_cases(module, args)) for module in map(load, args.op)]
     if args.list:

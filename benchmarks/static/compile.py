@@ -14,6 +14,7 @@ Any Python with Triton and torch can run it (``python -m benchmarks.static.compi
 the repository on PYTHONPATH), so the same launches compile under several Triton versions.
 """
 
+import collections
 import contextlib
 import importlib
 import io
@@ -78,32 +79,35 @@ def resource_usage(cubin: bytes) -> dict:
             "spill_bytes": int(stack.group(1)) if stack else None}
 
 
-def attention_configs(module, kind, specs, meta, arch, all_configs):
-    """(meta-parameters, options, estimated shared memory) per config to compile."""
-    for block_m, block_n, warps, stages in module._CONFIGS[kind][arch][:None if all_configs
-                                                                       else 1]:
+HOPPER_SHARED_PER_CTA = 232448  # the opt-in limit the autotuners prune with on H100/H200
+
+
+def attention_configs(module, kind, specs, meta, arch):
+    """(meta-parameters, options, estimated shared memory, whether the autotuner may pick it)
+    per config listed for ``arch``."""
+    for block_m, block_n, warps, stages in module._CONFIGS[kind][arch]:
         mask_size = (SIZES[specs[3][1]] if meta["MASK"] != "none"
                      and not meta["MASK_PER_KEY"] else 0)  # specs[3]: the mask pointer
         estimate = module._shared_memory(kind, block_m, block_n, stages, SIZES[specs[0][1]],
                                          meta["BLOCK_D"], meta["BLOCK_DV"], mask_size)
+        tried = arch != "hopper" or (estimate <= HOPPER_SHARED_PER_CTA and module.spill_free(
+            kind, block_m, block_n, meta))
         yield dict(BLOCK_M=block_m, BLOCK_N=block_n), dict(num_warps=warps,
-                                                           num_stages=stages), estimate
+                                                           num_stages=stages), estimate, tried
 
 
-def feed_forward_configs(module, kind, specs, meta, arch, all_configs):
+def feed_forward_configs(module, kind, specs, meta, arch):
     k = specs[[i for i, name in enumerate(module._KERNELS[kind][0].fn.arg_names)
                if name == "K"][0]][1]
-    configs = module._CONFIGS[module.family(kind, meta)][arch]
-    usable = [cfg for cfg in (module._config(*c) for c in configs) if module.spill_free(cfg, k)]
-    for cfg in usable[:None if all_configs else 1]:
+    for cfg in (module._config(*c) for c in module._CONFIGS[module.family(kind, meta)][arch]):
         constants = dict(cfg.kwargs, EVEN_K=k % cfg.kwargs["BLOCK_K"] == 0)
         yield constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages), \
-            module._shared_memory(cfg, SIZES[specs[0][1]])
+            module._shared_memory(cfg, SIZES[specs[0][1]]), module.spill_free(cfg, k)
 
 
-def fixed_configs(module, kind, specs, meta, arch, all_configs):
+def fixed_configs(module, kind, specs, meta, arch):
     yield {}, dict(num_warps=meta.pop("num_warps", 4), num_stages=meta.pop("num_stages", 3)), \
-        None
+        None, True
 
 
 CONFIGS = {"attention": attention_configs, "feed_forward": feed_forward_configs,
@@ -140,6 +144,7 @@ def analysis(compiled, ptxas_log: str) -> dict:
                 "tma": ptx.count("cp.async.bulk.tensor"),
                 "setmaxnreg": ptx.count("setmaxnreg")},
         "instructions": len(instructions),
+        "opcodes": dict(collections.Counter(i.opcode for i in instructions)),
         "loops": [{"start": loop.start, "end": loop.end, "opcodes": loop.opcodes}
                   for loop in sass.loops(instructions)],
     }
@@ -165,19 +170,20 @@ def main():
     request = json.load(sys.stdin)
     module = importlib.import_module(f"fasttx.triton.{request['op']}")
     results = []
-    for kind, specs, meta in request["launches"]:
+    for launch, (kind, specs, meta) in enumerate(request["launches"]):
         kernel = kernel_of(module, kind)
         for arch in request["architectures"]:
-            configs = CONFIGS[request["op"]](module, kind, specs, dict(meta), arch,
-                                             request["all_configs"])
-            for constants, options, estimate in configs:
+            configs = list(CONFIGS[request["op"]](module, kind, specs, dict(meta), arch))
+            if not request["all_configs"]:  # the first the autotuner may pick
+                configs = [next(config for config in configs if config[3])]
+            for constants, options, estimate, tried in configs:
                 launch_meta = {k: v for k, v in meta.items()
                                if k not in ("num_warps", "num_stages")}
                 compiled, details = compile_one(kernel, specs, dict(launch_meta, **constants),
                                                 options, arch, request.get("analyse"))
-                results.append({"kind": kind, "arch": arch, "config": constants,
+                results.append({"launch": launch, "kind": kind, "arch": arch, "config": constants,
                                 "options": options, "shared": compiled.metadata.shared,
-                                "estimated_shared": estimate,
+                                "estimated_shared": estimate, "autotuned": tried,
                                 "wgmma": "wgmma" in compiled.asm["ptx"],
                                 **resource_usage(compiled.asm["cubin"]), **details})
     json.dump(results, sys.stdout)

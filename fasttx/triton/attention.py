@@ -50,9 +50,10 @@ MAX_HEAD_DIM = 256
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per architecture. The forward and dQ kernels
 # keep BLOCK_M query rows resident and stream BLOCK_N keys; the dK/dV kernel keeps BLOCK_N
 # keys resident and streams BLOCK_M queries, so it favours the transposed shapes. Chosen
-# from ptxas's resource usage (compiled ahead of time for sm_90, head dims 64 and 128):
-# every Hopper config here runs without register spills for plain attention; the
-# smaller ones also for dropout + mask + causal, which needs more registers.
+# from ptxas's resource usage, compiled ahead of time for sm_90 (`python -m benchmarks
+# static`, benchmarks/results/static/): every Hopper config uses warpgroup MMA (wgmma)
+# for 16-bit inputs, which 32 x 32 tiles on 4 warps do not (they fall back to mma.sync and
+# are Ampere-only), and runs without register spills except where ``spill_free`` says.
 _CONFIGS = {
     "forward": {
         "hopper": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3),
@@ -60,16 +61,35 @@ _CONFIGS = {
         "ampere": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
     },
     "dkdv": {
-        "hopper": [(32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 8, 2), (16, 64, 8, 2),
-                   (32, 32, 4, 2)],
+        "hopper": [(32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 8, 2), (16, 64, 8, 2)],
         "ampere": [(32, 128, 8, 2), (32, 64, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
     },
     "dq": {
-        "hopper": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2),
-                   (32, 32, 4, 2)],
+        "hopper": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2)],
         "ampere": [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 2)],
     },
 }
+# The (BLOCK_M, BLOCK_N) tiles that spill registers on sm_90 with dropout at head dims
+# above 64 (the Philox counters on top of the wide tiles), under Triton 3.6 or 3.9.
+_DROPOUT_WIDE_HEAD_SPILLS = {"forward": {(128, 128), (128, 64), (64, 64)},
+                             "dq": {(128, 64), (64, 64)}, "dkdv": {(32, 128)}}
+
+
+def spill_free(kind, block_m, block_n, meta) -> bool:
+    """False for a tile that spills registers on sm_90 for a launch with these meta-parameters
+    (the launch's compile-time flags), as ptxas reports under Triton 3.6 or 3.9 at the static
+    report's headline shapes: the 128 x 128 forward at 254-255 registers spills with dropout,
+    with a mask read tile by tile, and above head dim 64 with any mask or causal; with
+    dropout above head dim 64, the bigger tiles of every kernel spill."""
+    wide_head = max(meta["BLOCK_D"], meta["BLOCK_DV"]) > 64
+    tiled_mask = meta["MASK"] != "none" and not meta["MASK_PER_KEY"]
+    if kind == "forward" and (block_m, block_n) == (128, 128):
+        masked = meta["MASK"] != "none" or meta["IS_CAUSAL"]
+        return not (meta["DROPOUT"] or tiled_mask or (wide_head and masked))
+    return not (wide_head and meta["DROPOUT"]
+                and (block_m, block_n) in _DROPOUT_WIDE_HEAD_SPILLS[kind])
+
+
 # when no listed config fits the shared memory (large fp32 tiles on a smaller GPU)
 _SMALLEST_CONFIG = (32, 32, 4, 1)
 _AUTOTUNE_KEY = ["HEAD_DIM", "VALUE_DIM", "MASK", "MASK_PER_KEY", "IS_CAUSAL", "DROPOUT",
@@ -93,11 +113,13 @@ def _shared_memory(kind, block_m, block_n, stages, element_size, block_d, block_
 
 
 def _prune(kind):
-    """Keeps the configs of this GPU's architecture whose tiles fit its shared memory."""
+    """Keeps the configs of this GPU's architecture whose tiles fit its shared memory, and on
+    Hopper those that run without spills (``spill_free``)."""
 
     def prune(configs, named_args, **kwargs):
         properties = torch.cuda.get_device_properties(named_args["q_ptr"].device)
-        wanted = set(_CONFIGS[kind]["hopper" if properties.major >= 9 else "ampere"])
+        hopper = properties.major >= 9
+        wanted = set(_CONFIGS[kind]["hopper" if hopper else "ampere"])
         budget = getattr(properties, "shared_memory_per_block_optin", 101376)
         element_size = named_args["q_ptr"].element_size()
         mask_tiled = kwargs["MASK"] != "none" and not kwargs["MASK_PER_KEY"]
@@ -106,7 +128,9 @@ def _prune(kind):
                 if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted
                 and _shared_memory(kind, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages,
                                    element_size, kwargs["BLOCK_D"], kwargs["BLOCK_DV"],
-                                   mask_size) <= budget]
+                                   mask_size) <= budget
+                and (not hopper or spill_free(kind, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"],
+                                              kwargs))]
         if kept:
             return kept
         block_m, block_n, warps, stages = _SMALLEST_CONFIG  # e.g. fp32, head dim 256

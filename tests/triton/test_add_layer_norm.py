@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import fasttx
+from benchmarks.static.launches import recorded_launches
 from fasttx import random as philox
 from fasttx.testing import (
     assert_within_budget,
@@ -24,7 +25,6 @@ from fasttx.testing import (
     to_float64,
 )
 from tests.ops.test_add_layer_norm import constant_rows, torch_add_layer_norm
-from benchmarks.static.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_add_layer_norm = pytest.importorskip("fasttx.triton.add_layer_norm")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fasttx
-from fasttx.testing import requires_triton
 from benchmarks.static.launches import as_bf16, compile_launches, record_launches
+from fasttx.testing import requires_triton
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fasttx
+from benchmarks.static.launches import recorded_launches
 from fasttx import random as philox
 from fasttx.testing import (
     DEFAULT_FLOOR,
@@ -30,7 +31,6 @@ from fasttx.testing import (
     requires_triton,
 )
 from tests.ops.test_attention import VERY_NEGATIVE, check_very_negative_float_mask
-from benchmarks.static.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_attention = pytest.importorskip("fasttx.triton.attention")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import fasttx
-from fasttx.testing import attention_inputs, key_padding_mask, requires_triton
 from benchmarks.static import launches as launches_module
+from fasttx.testing import attention_inputs, key_padding_mask, requires_triton
 
 pytestmark = requires_triton
 pytest.importorskip("triton.backends.nvidia.compiler")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import fasttx
+from benchmarks.static.launches import recorded_launches
 from fasttx import random as philox
 from fasttx.testing import (
     DEFAULT_FLOOR,
@@ -28,7 +29,6 @@ from fasttx.testing import (
     to_float64,
 )
 from tests.ops.test_feed_forward import ACTIVATIONS, make_weights, torch_feed_forward
-from benchmarks.static.launches import recorded_launches
 
 pytestmark = requires_triton
 triton_feed_forward = pytest.importorskip("fasttx.triton.feed_forward")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fasttx
-from fasttx.testing import attention_inputs, requires_triton
 from benchmarks.static.launches import recorded_launches
+from fasttx.testing import attention_inputs, requires_triton
 
 pytestmark = requires_triton
 triton_attention = pytest.importorskip("fasttx.triton.attention")
