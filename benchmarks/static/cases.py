@@ -34,6 +34,10 @@ class Case:
     name: str                   # "d128 causal"
     call: Callable[[], None]    # runs the op (forward and backward) on CPU tensors
 
+    @property
+    def id(self) -> str:
+        return f"{self.op} {self.name}"
+
     def launches(self) -> list:
         module = importlib.import_module(f"fasttx.triton.{self.op}")
         with contextlib.ExitStack() as stack:

@@ -93,7 +93,8 @@ def triton_row(case: cases_module.Case, meta: dict, record: dict, assumed: int |
     # thread-instructions per unit: a thread's count over its share of the iteration's units
     units_per_thread = work.per_iteration / threads if work.unit != "k-step" else 1
     return {
-        "backend": "triton", "op": case.op, "case": case.name, "kernel": record["kind"],
+        "backend": "triton", "op": case.op, "case": case.name,
+        "kernel": f"{record['kind']} #{record['launch']}",  # #: the op's n-th launch
         "function": record["function"], "config": config_label(record),
         "warps": warps, "stages": record["options"]["num_stages"],
         "registers": ptxas["registers"], "spill_stores": ptxas["spill_stores"],
@@ -135,26 +136,27 @@ def triton_version(python: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def collect(ops, python: str | None = None, jobs: int = 2, cuda: bool = True,
-            progress=None) -> dict:
-    """The report: {"env": {...}, "rows": [...]}, compiled under ``python``'s Triton."""
+def collect(selected: list[cases_module.Case], python: str | None = None, jobs: int = 2,
+            cuda: bool = True, progress=None) -> dict:
+    """The report of these cases (and of the CUDA kernels): {"env": {...}, "rows": [...]},
+    compiled under ``python``'s Triton."""
     python = python or sys.executable
-    selected = cases_module.cases(ops)
-    launches = {case.name + case.op: case.launches() for case in selected}
+    launches = {case.id: case.launches() for case in selected}
     assumed = _assumed_ctas_per_sm()
 
     def compile_case(case):
-        return case, recording.compile_launches(case.op, launches[case.name + case.op],
+        return case, recording.compile_launches(case.op, launches[case.id],
                                                 ["hopper"], all_configs=True, analyse=True,
                                                 python=python)
 
     rows = []
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        done = pool.map(compile_case, selected)
-        for case, records in (progress or (lambda items, total, label: items))(
-                done, len(selected), "compiling"):
+        compiled = pool.map(compile_case, selected)
+        for case in (progress or (lambda items, total, label: items))(
+                selected, len(selected), "compiling"):
+            _, records = next(compiled)
             for record in records:
-                _, _, meta = launches[case.name + case.op][record["launch"]]
+                _, _, meta = launches[case.id][record["launch"]]
                 assume = assumed.get((case.op, record["kind"]))
                 rows.append(triton_row(case, meta, record, assume and assume(
                     record["options"]["num_warps"])))
@@ -347,7 +349,7 @@ def main(argv=None) -> None:
     python = args.python or sys.executable
     version = triton_version(python)
     triton_ops = [op for op in args.op if op != "cuda"]
-    report = collect(triton_ops, python, args.jobs, cuda="cuda" in args.op,
+    report = collect(cases_module.cases(triton_ops), python, args.jobs, cuda="cuda" in args.op,
                      progress=harness.progress)
     out = args.out or RESULTS / f"{version}-sm_90"
     name = "report" if set(args.op) == set(OPS) else "report-" + "+".join(args.op)

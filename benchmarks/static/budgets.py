@@ -1,0 +1,72 @@
+"""The static report's budgets, which CI checks (tests/benchmarks/static/test_budgets.py) on
+a small fixed subset of the headline launches, compiled with the Triton CI installs:
+
+- no register spills in any config the Hopper autotuner may pick;
+- warpgroup MMA (wgmma) in every such config of the attention and FFN kernels (the 32 x 32
+  4-warp tiles fell back to mma.sync; they are no longer listed for Hopper);
+- at least the CTAs per SM a launcher assumes (add_layer_norm's persistent backward);
+- hot-loop SASS instructions per thread per iteration at most today's figures, for each
+  kernel's first config the autotuner may pick. Lower them as the kernels improve: a
+  regression in the hot loop then fails CI like a wrong answer does.
+
+The instruction counts depend on the Triton version; for a version not listed, the nearest
+listed one's figures hold with ``UNKNOWN_VERSION_SLACK``.
+"""
+
+from __future__ import annotations
+
+#: (op, case) of benchmarks.static.cases compiled by the CI test: the attention kernels at
+#: the 254-255-register edge (d128 plain, causal, dropout), the LayerNorm kernels with
+#: dropout (the backward's most registers), the FFN's GEMMs at the base size.
+SUBSET = (("attention", "d128 none"), ("attention", "d128 causal"),
+          ("attention", "d128 dropout"), ("add_layer_norm", "25000x512 p0.1"),
+          ("feed_forward", "25000x512x2048"))
+UNKNOWN_VERSION_SLACK = 1.10
+
+#: Triton major.minor -> (op, case, kernel) -> hot-loop instructions per thread per
+#: iteration of the first config its Hopper autotuner may pick.
+HOT_LOOP_INSTRUCTIONS = {
+}
+
+
+def hot_loop_budgets(triton_version: str) -> tuple[dict, float]:
+    """The budgets for this Triton version and the slack they hold with."""
+    version = tuple(int(part) for part in triton_version.split(".")[:2])
+    listed = {tuple(map(int, key.split("."))): key for key in HOT_LOOP_INSTRUCTIONS}
+    if version in listed:
+        return HOT_LOOP_INSTRUCTIONS[listed[version]], 1.0
+    nearest = min(listed, key=lambda known: (abs(known[0] - version[0]),
+                                             abs(known[1] - version[1])))
+    return HOT_LOOP_INSTRUCTIONS[listed[nearest]], UNKNOWN_VERSION_SLACK
+
+
+def violations(report: dict) -> list[str]:
+    """Every budget the report's Triton rows break, in words (empty when all hold)."""
+    found = []
+    budgets, slack = hot_loop_budgets(report["env"]["triton"])
+    first_config_seen = set()
+    for row in report["rows"]:
+        if row["backend"] != "triton" or not row["autotuned"]:
+            continue
+        where = f"{row['op']} {row['case']} {row['kernel']} {row['config']}"
+        if row["spill_stores"] or row["spill_loads"]:
+            found.append(f"{where}: spills {row['spill_stores']} B stored, "
+                         f"{row['spill_loads']} B loaded per thread")
+        if row["op"] != "add_layer_norm" and not row["wgmma"]:
+            found.append(f"{where}: no wgmma ({row['mma_sync']} mma.sync)")
+        assumed = row["assumed_ctas_per_sm"]
+        if assumed and row["ctas_per_sm"] < assumed:
+            found.append(f"{where}: {row['ctas_per_sm']} CTAs/SM ({row['limiter']}), the "
+                         f"launcher assumes {assumed}")
+        key = (row["op"], row["case"], row["kernel"])
+        if key in first_config_seen:
+            continue
+        first_config_seen.add(key)
+        budget = budgets.get("|".join(key))
+        if budget is None:
+            found.append(f"{where}: no hot-loop budget (add today's figure, "
+                         f"{row['mix']['total']}, to benchmarks/static/budgets.py)")
+        elif row["mix"]["total"] > budget * slack:
+            found.append(f"{where}: hot loop {row['mix']['total']} instructions per thread per "
+                         f"iteration, budget {budget}" + (f" x {slack}" if slack != 1 else ""))
+    return found
