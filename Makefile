@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-demo demo test test-transformers-4.5x check-cuda gpu-run bench report lint clean
+.PHONY: setup setup-demo demo test test-transformers-4.5x check-cuda gpu-run bench report static lint clean
 
 # --no-build-isolation lets setup.py see the installed torch: it builds fasttx._C where
 # torch is a CUDA build and nvcc exists, and skips it (with a message) everywhere else.
@@ -72,6 +72,12 @@ bench: setup
 
 report:
 	$(PYTHON) -m benchmarks report --readme README.md
+
+# The static cost report: every kernel compiled for sm_90 and counted (no GPU needed;
+# benchmarks/README.md, "Static cost report"). STATIC_ARGS="--python /tmp/triton36/bin/python"
+# compiles under another Triton.
+static:
+	$(PYTHON) -m benchmarks static $(STATIC_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check fasttx tests benchmarks tools

@@ -26,6 +26,46 @@ UNKNOWN_VERSION_SLACK = 1.10
 #: Triton major.minor -> (op, case, kernel) -> hot-loop instructions per thread per
 #: iteration of the first config its Hopper autotuner may pick.
 HOT_LOOP_INSTRUCTIONS = {
+    "3.6": {
+        "attention|d128 none|forward #0": 649,
+        "attention|d128 none|dq #1": 308,
+        "attention|d128 none|dkdv #2": 283,
+        "attention|d128 causal|forward #0": 410,
+        "attention|d128 causal|dq #1": 317,
+        "attention|d128 causal|dkdv #2": 306,
+        "attention|d128 dropout|forward #0": 1239,
+        "attention|d128 dropout|dq #1": 1176,
+        "attention|d128 dropout|dkdv #2": 718,
+        "add_layer_norm|25000x512 p0.1|forward #0": 880,
+        "add_layer_norm|25000x512 p0.1|backward #1": 1279,
+        "add_layer_norm|25000x512 p0.1|column_sum #2": 107,
+        "feed_forward|25000x512x2048|up #0": 134,
+        "feed_forward|25000x512x2048|linear #1": 134,
+        "feed_forward|25000x512x2048|hidden_grad #2": 98,
+        "feed_forward|25000x512x2048|linear #3": 266,
+        "feed_forward|25000x512x2048|linear #4": 98,
+        "feed_forward|25000x512x2048|linear #5": 266,
+    },
+    "3.9": {
+        "attention|d128 none|forward #0": 676,
+        "attention|d128 none|dq #1": 354,
+        "attention|d128 none|dkdv #2": 316,
+        "attention|d128 causal|forward #0": 432,
+        "attention|d128 causal|dq #1": 363,
+        "attention|d128 causal|dkdv #2": 316,
+        "attention|d128 dropout|forward #0": 1348,
+        "attention|d128 dropout|dq #1": 1312,
+        "attention|d128 dropout|dkdv #2": 794,
+        "add_layer_norm|25000x512 p0.1|forward #0": 896,
+        "add_layer_norm|25000x512 p0.1|backward #1": 1246,
+        "add_layer_norm|25000x512 p0.1|column_sum #2": 106,
+        "feed_forward|25000x512x2048|up #0": 129,
+        "feed_forward|25000x512x2048|linear #1": 129,
+        "feed_forward|25000x512x2048|hidden_grad #2": 103,
+        "feed_forward|25000x512x2048|linear #3": 277,
+        "feed_forward|25000x512x2048|linear #4": 103,
+        "feed_forward|25000x512x2048|linear #5": 277,
+    },
 }
 
 
