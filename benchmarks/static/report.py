@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import harness
 from benchmarks.static import cases as cases_module
 from benchmarks.static import launches as recording
 from benchmarks.static import sass
@@ -91,6 +92,7 @@ def triton_row(case: cases_module.Case, meta: dict, record: dict, assumed: int |
     # no loop: one tile per program, so the whole kernel is the tile's cost
     mix = (loop or sass.Loop(0, 0, record["opcodes"])).mix()
     # thread-instructions per unit: a thread's count over its share of the iteration's units
+    # (a K step is one unit of the whole CTA: per thread, its figure is the loop's)
     units_per_thread = work.per_iteration / threads if work.unit != "k-step" else 1
     return {
         "backend": "triton", "op": case.op, "case": case.name,
@@ -161,8 +163,7 @@ def collect(selected: list[cases_module.Case], python: str | None = None, jobs: 
                 rows.append(triton_row(case, meta, record, assume and assume(
                     record["options"]["num_warps"])))
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain",
-                                                                     "--untracked-files=no")),
+           "commit": harness._git("rev-parse", "HEAD"), "dirty": harness._dirty(),
            "target": "sm_90", "triton": triton_version(python), "python": python}
     if cuda:
         from benchmarks.static import cuda as cuda_module
@@ -177,13 +178,6 @@ def _assumed_ctas_per_sm() -> dict:
     from fasttx.triton import add_layer_norm
     return {("add_layer_norm", "backward"): add_layer_norm.programs_per_sm}
 
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -323,7 +317,6 @@ def main(argv=None) -> None:
     import argparse
     import os
 
-    from benchmarks import harness
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks static",
         description="Compiles every kernel for sm_90 (no GPU needed) and reports registers, "
