@@ -1,7 +1,10 @@
 """The static report's budgets, which CI checks (tests/benchmarks/static/test_budgets.py) on
 a small fixed subset of the headline launches, compiled with the Triton CI installs:
 
-- no register spills in any config the Hopper autotuner may pick;
+- no register spills inside a loop in any config the Hopper autotuner may pick. A spill
+  outside the loops (a few stores and loads once per program, as the 255-register attention
+  forward's 128 x 128 tile has with masks or causal under Triton 3.6) is reported but
+  allowed: pruning that tile would cost its 20-26% fewer instructions per score;
 - warpgroup MMA (wgmma) in every such config of the attention and FFN kernels (the 32 x 32
   4-warp tiles fell back to mma.sync; they are no longer listed for Hopper);
 - at least the CTAs per SM a launcher assumes (add_layer_norm's persistent backward);
@@ -30,12 +33,12 @@ HOT_LOOP_INSTRUCTIONS = {
         "attention|d128 none|forward #0": 649,
         "attention|d128 none|dq #1": 308,
         "attention|d128 none|dkdv #2": 283,
-        "attention|d128 causal|forward #0": 410,
+        "attention|d128 causal|forward #0": 650,
         "attention|d128 causal|dq #1": 317,
         "attention|d128 causal|dkdv #2": 306,
-        "attention|d128 dropout|forward #0": 1239,
+        "attention|d128 dropout|forward #0": 2303,
         "attention|d128 dropout|dq #1": 1176,
-        "attention|d128 dropout|dkdv #2": 718,
+        "attention|d128 dropout|dkdv #2": 1317,
         "add_layer_norm|25000x512 p0.1|forward #0": 880,
         "add_layer_norm|25000x512 p0.1|backward #1": 1279,
         "add_layer_norm|25000x512 p0.1|column_sum #2": 107,
@@ -50,12 +53,12 @@ HOT_LOOP_INSTRUCTIONS = {
         "attention|d128 none|forward #0": 676,
         "attention|d128 none|dq #1": 354,
         "attention|d128 none|dkdv #2": 316,
-        "attention|d128 causal|forward #0": 432,
+        "attention|d128 causal|forward #0": 675,
         "attention|d128 causal|dq #1": 363,
         "attention|d128 causal|dkdv #2": 316,
-        "attention|d128 dropout|forward #0": 1348,
+        "attention|d128 dropout|forward #0": 2496,
         "attention|d128 dropout|dq #1": 1312,
-        "attention|d128 dropout|dkdv #2": 794,
+        "attention|d128 dropout|dkdv #2": 1436,
         "add_layer_norm|25000x512 p0.1|forward #0": 896,
         "add_layer_norm|25000x512 p0.1|backward #1": 1246,
         "add_layer_norm|25000x512 p0.1|column_sum #2": 106,
@@ -89,9 +92,10 @@ def violations(report: dict) -> list[str]:
         if row["backend"] != "triton" or not row["autotuned"]:
             continue
         where = f"{row['op']} {row['case']} {row['kernel']} {row['config']}"
-        if row["spill_stores"] or row["spill_loads"]:
-            found.append(f"{where}: spills {row['spill_stores']} B stored, "
-                         f"{row['spill_loads']} B loaded per thread")
+        if row["loop_spills"]:
+            found.append(f"{where}: {row['loop_spills']} spill instructions in a loop "
+                         f"({row['spill_stores']} B stored, {row['spill_loads']} B loaded "
+                         f"per thread)")
         if row["op"] != "add_layer_norm" and not row["wgmma"]:
             found.append(f"{where}: no wgmma ({row['mma_sync']} mma.sync)")
         assumed = row["assumed_ctas_per_sm"]

@@ -101,6 +101,8 @@ def triton_row(case: cases_module.Case, meta: dict, record: dict, assumed: int |
         "warps": warps, "stages": record["options"]["num_stages"],
         "registers": ptxas["registers"], "spill_stores": ptxas["spill_stores"],
         "spill_loads": ptxas["spill_loads"], "stack": ptxas["stack"],
+        # spill instructions (STL/LDL) in the loop that has most: traffic every iteration
+        "loop_spills": max((loop.mix()["spill"] for loop in loops), default=0),
         "shared": record["shared"], "autotuned": record["autotuned"],
         "ctas_per_sm": ctas, "limiter": limiter, "assumed_ctas_per_sm": assumed,
         "wgmma": record["ptx"]["wgmma"], "wgmma_wait": record["ptx"]["wgmma_wait"],
@@ -197,8 +199,11 @@ def _ctas(row: dict) -> str:
 
 
 def _spill(row: dict) -> str:
-    return "0" if not (row["spill_stores"] or row["spill_loads"]) else \
-        f"**{row['spill_stores']}/{row['spill_loads']}**"
+    if not (row["spill_stores"] or row["spill_loads"]):
+        return "0"
+    where = " in a loop" if row.get("loop_spills") else " outside loops" \
+        if "loop_spills" in row else ""
+    return f"**{row['spill_stores']}/{row['spill_loads']}**{where}"
 
 
 def _triton_cells(row: dict) -> list:

@@ -53,7 +53,8 @@ MAX_HEAD_DIM = 256
 # from ptxas's resource usage, compiled ahead of time for sm_90 (`python -m benchmarks
 # static`, benchmarks/results/static/): every Hopper config uses warpgroup MMA (wgmma)
 # for 16-bit inputs, which 32 x 32 tiles on 4 warps do not (they fall back to mma.sync and
-# are Ampere-only), and runs without register spills except where ``spill_free`` says.
+# are Ampere-only), and runs its loops without register spills except where
+# ``spill_free`` says.
 _CONFIGS = {
     "forward": {
         "hopper": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3),
@@ -69,26 +70,6 @@ _CONFIGS = {
         "ampere": [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2), (32, 32, 4, 2)],
     },
 }
-# The (BLOCK_M, BLOCK_N) tiles that spill registers on sm_90 with dropout at head dims
-# above 64 (the Philox counters on top of the wide tiles), under Triton 3.6 or 3.9.
-_DROPOUT_WIDE_HEAD_SPILLS = {"forward": {(128, 128), (128, 64), (64, 64)},
-                             "dq": {(128, 64), (64, 64)}, "dkdv": {(32, 128)}}
-
-
-def spill_free(kind, block_m, block_n, meta) -> bool:
-    """False for a tile that spills registers on sm_90 for a launch with these meta-parameters
-    (the launch's compile-time flags), as ptxas reports under Triton 3.6 or 3.9 at the static
-    report's headline shapes: the 128 x 128 forward at 254-255 registers spills with dropout,
-    with a mask read tile by tile, and above head dim 64 with any mask or causal; with
-    dropout above head dim 64, the bigger tiles of every kernel spill."""
-    wide_head = max(meta["BLOCK_D"], meta["BLOCK_DV"]) > 64
-    tiled_mask = meta["MASK"] != "none" and not meta["MASK_PER_KEY"]
-    if kind == "forward" and (block_m, block_n) == (128, 128):
-        masked = meta["MASK"] != "none" or meta["IS_CAUSAL"]
-        return not (meta["DROPOUT"] or tiled_mask or (wide_head and masked))
-    return not (wide_head and meta["DROPOUT"]
-                and (block_m, block_n) in _DROPOUT_WIDE_HEAD_SPILLS[kind])
-
 
 # when no listed config fits the shared memory (large fp32 tiles on a smaller GPU)
 _SMALLEST_CONFIG = (32, 32, 4, 1)
@@ -96,6 +77,22 @@ _AUTOTUNE_KEY = ["HEAD_DIM", "VALUE_DIM", "MASK", "MASK_PER_KEY", "IS_CAUSAL", "
                  "VARLEN", "length_bucket"]  # the autotuner adds every tensor's dtype
 _INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 _fixed_blocks: dict[str, int] | None = None
+
+
+def spill_free(kind, block_m, block_n, meta) -> bool:
+    """False for a tile whose loops spill registers on sm_90 for a launch with these
+    meta-parameters (its compile-time flags), as ptxas and the SASS of the static report's
+    headline launches show under Triton 3.6 or 3.9: the 128 x 128 forward with dropout
+    (8-33 spill instructions in its loops), and the 128 x 64 dQ with dropout above head dim
+    64 (4). Other tiles at 255 registers spill a few bytes only outside their loops, once
+    per program (the d128 forward's 128 x 128 with a mask or causal, say): they stay, for
+    their fewer instructions per score."""
+    if not meta["DROPOUT"]:
+        return True
+    if kind == "forward":
+        return (block_m, block_n) != (128, 128)
+    wide_head = max(meta["BLOCK_D"], meta["BLOCK_DV"]) > 64
+    return not (kind == "dq" and wide_head and (block_m, block_n) == (128, 64))
 
 
 def _shared_memory(kind, block_m, block_n, stages, element_size, block_d, block_dv,
@@ -114,7 +111,7 @@ def _shared_memory(kind, block_m, block_n, stages, element_size, block_d, block_
 
 def _prune(kind):
     """Keeps the configs of this GPU's architecture whose tiles fit its shared memory, and on
-    Hopper those that run without spills (``spill_free``)."""
+    Hopper those whose loops run without spills (``spill_free``)."""
 
     def prune(configs, named_args, **kwargs):
         properties = torch.cuda.get_device_properties(named_args["q_ptr"].device)

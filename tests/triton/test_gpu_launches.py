@@ -27,7 +27,7 @@ def test_a_replay_records_every_kernel_with_the_hopper_tiles():
                        "attention_backward_dq_kernel", "attention_backward_dkdv_kernel"]
     from fasttx.triton.attention import _CONFIGS, spill_free
     forward = launches[0][2]
-    # the first Hopper config the pruning keeps (causal at head dim 128: not 128 x 128)
+    # the first Hopper config the spill pruning keeps for this launch
     expected = next(config for config in _CONFIGS["forward"]["hopper"]
                     if spill_free("forward", config[0], config[1], forward))
     assert (forward["BLOCK_M"], forward["BLOCK_N"], forward["num_warps"],
